@@ -1,0 +1,11 @@
+"""ComfyUI adapter: thin V3 nodes over `pipelines/`."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .reference import PrepareCharacterReference
+
+
+class CharacterIdentityExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [PrepareCharacterReference]
