@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# setup.sh — everything the pack needs, idempotent: ComfyUI (scripts/install_comfyui.sh), the
+# pack's requirements in ComfyUI's venv, and the pack linked into ComfyUI's custom_nodes.
+#
+#   usage: scripts/setup.sh [--test]
+#     --test   also the test tools (pyproject's [test] extra) and Debian's chromium for browser tests
+#   environment: COMFYUI_DIR (default <repo>/.comfyui), plus install_comfyui.sh's variables
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export COMFYUI_DIR="${COMFYUI_DIR:-$REPO_ROOT/.comfyui}"
+PACK_NAME="comfyui-character-identity"
+WITH_TESTS=0
+[ "${1:-}" = "--test" ] && WITH_TESTS=1
+
+bash "$REPO_ROOT/scripts/install_comfyui.sh" "$COMFYUI_DIR"
+
+PY="$COMFYUI_DIR/venv/bin/python"
+PIP=("$PY" -m pip --disable-pip-version-check --quiet)
+TORCH_VERSION="$("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null)"
+step() { printf '[setup] %s\n' "$*"; }
+
+step "pack requirements (requirements.txt) into ComfyUI's venv"
+"${PIP[@]}" install -c "$REPO_ROOT/scripts/constraints.txt" -r "$REPO_ROOT/requirements.txt" "torch==$TORCH_VERSION"
+
+# The user-facing home of this ComfyUI: custom_nodes/, models/, input/, output/, user/.
+HOME_DIR="$COMFYUI_DIR/home"
+mkdir -p "$HOME_DIR/custom_nodes"
+ln -sfn "$REPO_ROOT" "$HOME_DIR/custom_nodes/$PACK_NAME"
+
+if [ "$WITH_TESTS" = 1 ]; then
+  step "test tools (pyproject.toml [project.optional-dependencies] test)"
+  "$PY" - "$REPO_ROOT/pyproject.toml" > "$COMFYUI_DIR/downloads/test-requirements.txt" <<'PYEOF'
+import sys, tomllib
+print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["test"]))
+PYEOF
+  "${PIP[@]}" install -c "$REPO_ROOT/scripts/constraints.txt" -r "$COMFYUI_DIR/downloads/test-requirements.txt" "torch==$TORCH_VERSION"
+  if ! command -v chromium >/dev/null 2>&1; then
+    step "Debian chromium for the browser tests (Playwright drives it; it never downloads a browser)"
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+      echo "[setup] ERROR: chromium is missing; install it with: sudo apt-get install chromium" >&2
+      exit 1
+    fi
+  fi
+fi
+step "ready: ComfyUI in $COMFYUI_DIR, pack linked as $HOME_DIR/custom_nodes/$PACK_NAME"
