@@ -1,0 +1,139 @@
+"""The real ComfyUI frontend in Debian's headless Chromium, driven by Playwright.
+
+Playwright comes from PyPI and drives /usr/bin/chromium; it never downloads a browser.
+Screenshots are kept in test-artifacts/.
+"""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from comfyui_server import ARTIFACTS, PACK_NAME, REPO_ROOT
+
+pytestmark = [pytest.mark.comfyui, pytest.mark.browser]
+
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-quic",
+]
+EXTENSION_URL_PART = f"/extensions/{PACK_NAME}/"
+PACK_READY = "() => window.app?.graph && window.app.extensions?.some(e => e.name === 'CharacterIdentity.ui')"
+
+
+@pytest.fixture(scope="module")
+def page(comfyui):
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is missing: scripts/setup.sh --test installs it"
+    # A new ComfyUI user gets a templates dialog over the canvas; this is the setting that skips it.
+    assert comfyui.post_json("/settings", {"Comfy.TutorialCompleted": True})[0] == 200
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.pack_errors = []
+
+        def record_console(message):
+            location = (message.location or {}).get("url", "")
+            if message.type == "error" and (EXTENSION_URL_PART in location or EXTENSION_URL_PART in message.text
+                                            or "CharacterIdentity" in message.text):
+                page.pack_errors.append(f"console: {message.text} @ {location}")
+
+        def record_page_error(error):
+            if EXTENSION_URL_PART in (error.stack or "") or "CharacterIdentity" in str(error):
+                page.pack_errors.append(f"uncaught: {error}\n{error.stack}")
+
+        def record_failed_request(request):
+            if EXTENSION_URL_PART in request.url:
+                page.pack_errors.append(f"request failed: {request.url} {request.failure}")
+
+        page.on("console", record_console)
+        page.on("pageerror", record_page_error)
+        page.on("requestfailed", record_failed_request)
+        page.goto(comfyui.url + "/")
+        page.wait_for_function(PACK_READY, timeout=90_000)
+        yield page
+        browser.close()
+
+
+def screenshot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path))
+    return path
+
+
+def test_node_search_finds_the_prepare_node_and_adds_it(page):
+    page.evaluate("() => window.app.graph.clear()")
+    page.locator("#graph-canvas").dblclick(position={"x": 600, "y": 400})
+    search = page.locator(".comfy-vue-node-search-container input").first
+    search.fill("Prepare Character Reference")
+    option = page.locator("li[role=option]", has_text="Prepare Character Reference").first
+    option.wait_for(timeout=10_000)
+    assert "Character Identity" in option.inner_text()
+    search.press("Enter")
+    page.wait_for_function("() => window.app.graph._nodes.some(n => n.type === 'CharIDPrepareReference')")
+    widgets = page.evaluate(
+        "() => window.app.graph._nodes.find(n => n.type === 'CharIDPrepareReference').widgets.map(w => [w.name, w.value])")
+    assert widgets == [["background", "#FFFFFF"], ["fit", "pad"], ["size", 1024]]
+    shot = screenshot(page, "browser-node-search.png")
+    assert shot.stat().st_size > 10_000
+    assert page.pack_errors == []
+
+
+def test_node_library_shows_the_pack_category_tree(page):
+    page.locator(".node-library-tab-button").click()
+    box = page.locator(".node-lib-search-box input, .comfy-vue-side-bar-container input").first
+    box.fill("Prepare Character")
+    labels = page.locator(".p-tree-node-label")
+    labels.filter(has_text="Prepare Character Reference").first.wait_for(timeout=10_000)
+    texts = [text.strip() for text in labels.all_inner_texts()]
+    assert any(text.startswith("Character Identity") for text in texts)
+    assert any(text.startswith("Reference") for text in texts)
+    screenshot(page, "browser-node-library.png")
+    box.fill("")
+    page.locator(".node-library-tab-button").click()
+    assert page.pack_errors == []
+
+
+def test_background_swatch_parses_colours_like_the_server(page):
+    result = page.evaluate(
+        """async (url) => {
+            const { cssColor } = await import(url);
+            return [cssColor('#00FF00'), cssColor('white'), cssColor('greenish'), cssColor('')];
+        }""",
+        f"{EXTENSION_URL_PART}character_identity.js",
+    )
+    assert result == ["rgb(0, 255, 0)", "white", None, None]
+
+
+def test_the_shipped_example_workflow_converts_and_runs(page, comfyui):
+    """Load workflows/*.json in the real frontend, convert with graphToPrompt, run it on the server."""
+    reference = Image.new("RGBA", (80, 40), (0, 0, 0, 0))
+    reference.paste((200, 30, 30, 255), (0, 0, 40, 40))
+    buffer = io.BytesIO()
+    reference.save(buffer, "PNG")
+    comfyui.upload_image(buffer.getvalue(), "character_reference.png")
+
+    workflow = json.loads((REPO_ROOT / "workflows/prepare_character_reference.json").read_text())
+    prompt = page.evaluate(
+        "async (wf) => { await window.app.loadGraphData(wf); return (await window.app.graphToPrompt()).output; }",
+        workflow,
+    )
+    assert {node["class_type"] for node in prompt.values()} == {"LoadImage", "CharIDPrepareReference", "SaveImage"}
+    screenshot(page, "browser-example-workflow.png")
+    entry = comfyui.run(prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    [saved] = [image for output in entry["outputs"].values() for image in output["images"]]
+    result = Image.open(io.BytesIO(comfyui.output_bytes(saved))).convert("RGB")
+    assert result.size == (1024, 1024)
+    assert result.getpixel((5, 5)) == (255, 255, 255)          # padding is white by default
+    assert result.getpixel((900, 512)) == (255, 255, 255)      # transparent half became background
+    red, green, blue = result.getpixel((256, 512))
+    assert red > 180 and green < 60 and blue < 60              # the character itself
+    assert page.pack_errors == []

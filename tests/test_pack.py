@@ -1,0 +1,104 @@
+"""Packaging, layout and start-up rules of the pack."""
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+COMFYUI_MODULES = {"comfy", "comfy_api", "comfy_execution", "comfy_extras", "folder_paths", "nodes", "server",
+                   "execution", "node_helpers", "latent_preview"}
+
+
+def requirement_names(lines) -> dict[str, str]:
+    specs = {}
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name = re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower().replace("_", "-")
+            specs[name] = line.replace(" ", "")
+    return specs
+
+
+def test_layout_is_the_fixed_one():
+    for entry in ("__init__.py", "nodes", "pipelines", "web", "workflows", "tests", "pyproject.toml",
+                  "README.md", "requirements.txt", "benchmarks", "scripts", ".ci/run"):
+        assert (REPO_ROOT / entry).exists(), entry
+
+
+def test_pyproject_has_registry_metadata_and_test_extras():
+    comfy = PYPROJECT["tool"]["comfy"]
+    assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["Icon"].endswith("web/icon.svg")
+    assert (REPO_ROOT / "web/icon.svg").exists()
+    assert "web" not in comfy, "WEB_DIRECTORY already registers web/; a second entry serves it twice"
+    project = PYPROJECT["project"]
+    assert project["name"] and project["version"] and project["description"] and project["requires-python"]
+    assert {"pytest", "playwright"} <= set(requirement_names(project["optional-dependencies"]["test"]))
+
+
+def test_requirements_txt_matches_pyproject_minus_torch():
+    declared = requirement_names(PYPROJECT["project"]["dependencies"])
+    assert {"torch", "diffusers", "transformers", "safetensors", "aiohttp"} <= set(declared)
+    # ComfyUI-Manager installs requirements.txt into an environment that already has the torch the
+    # user chose; listing torch there risks replacing a CUDA build.
+    assert requirement_names((REPO_ROOT / "requirements.txt").read_text().splitlines()) == {
+        name: spec for name, spec in declared.items() if name != "torch"}
+    for name in declared:
+        assert name not in {"torchvision", "torchaudio", "opencv-python", "insightface"}, name
+
+
+def python_files(folder: str):
+    return sorted((REPO_ROOT / folder).rglob("*.py"))
+
+
+def imported_roots(path: Path) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+@pytest.mark.parametrize("path", python_files("pipelines"), ids=lambda p: p.name)
+def test_pipelines_know_nothing_of_comfyui(path):
+    assert not imported_roots(path) & COMFYUI_MODULES
+
+
+def test_node_ids_are_prefixed():
+    sources = "".join(path.read_text() for path in python_files("nodes"))
+    assert 'node_id=node_id("' in sources
+    assert "node_id=\"" not in sources.replace('node_id=node_id("', "")
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = (REPO_ROOT / "README.md").read_text()
+    quick_start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"^\s*(\S.*?)\s*#\s*(?:1|2)\b", quick_start, re.M)
+    assert commands == ["scripts/start.sh", "scripts/test.sh"], commands
+    ci = (REPO_ROOT / ".ci/run").read_text()
+    assert re.search(r"^exec bash scripts/test\.sh$", ci, re.M)
+
+
+@pytest.mark.comfyui
+def test_loading_the_pack_in_comfyui_imports_no_heavy_library():
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        import startup
+    finally:
+        sys.path.pop(0)
+    base = startup.make_base_dir()
+    try:
+        probe = startup.probe_load(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert probe["ok"]
+    assert probe["heavy_modules"] == []
+    assert any(name.endswith(".nodes.reference") for name in probe["added_modules"])
