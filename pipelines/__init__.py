@@ -10,6 +10,7 @@ from .contract import (
     DetachedRunContext,
     Flag,
     GenerationBackend,
+    GenerationInterrupted,
     GenerationRequest,
     GenerationResult,
     ImageInput,
@@ -31,7 +32,7 @@ from .images import (
 from .reference import FIT_MODES, prepare_reference
 
 __all__ = [
-    "SEED_MAX", "BackendLimits", "Choice", "DetachedRunContext", "Flag", "GenerationBackend",
+    "SEED_MAX", "BackendLimits", "Choice", "DetachedRunContext", "Flag", "GenerationBackend", "GenerationInterrupted",
     "GenerationRequest", "GenerationResult", "ImageInput", "NumberRange", "RequestValidationError",
     "RunContext", "WHITE", "ImageDecodeError", "ImageShapeError", "decode_image", "encode_image",
     "flatten_to_rgb", "image_batch_to_pil", "parse_color", "pil_to_image_batch", "FIT_MODES",

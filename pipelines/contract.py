@@ -32,6 +32,10 @@ class RequestValidationError(ValueError):
         super().__init__(f"{backend}: {field_name} = {shown} is not allowed; {allowed}.")
 
 
+class GenerationInterrupted(Exception):
+    """The user cancelled the run (ComfyUI's Cancel / interrupt). Not an error."""
+
+
 # --------------------------------------------------------------------------------------------
 # Field specifications: each knows how to check one value and how to describe what it allows.
 
@@ -266,7 +270,7 @@ class GenerationBackend(ABC):
 
 
 __all__ = [
-    "SEED_MAX", "RequestValidationError", "NumberRange", "Choice", "Flag", "ImageInput", "FieldSpec",
+    "SEED_MAX", "RequestValidationError", "GenerationInterrupted", "NumberRange", "Choice", "Flag", "ImageInput", "FieldSpec",
     "BackendLimits", "GenerationRequest", "GenerationResult", "RunContext", "DetachedRunContext",
     "GenerationBackend",
 ]

@@ -145,3 +145,25 @@ def _container_complete(fmt: str | None, data: bytes) -> bool:
     if fmt == "WEBP":
         return len(data) >= 8 + int.from_bytes(data[4:8], "little")
     return True
+
+
+def fit_to_size(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale to cover width×height, then cut the centre: the one rule for outputs whose size differs
+    from what was asked (no stretching, no borders)."""
+    if image.size == (width, height):
+        return image
+    scale = max(width / image.width, height / image.height)
+    scaled_w, scaled_h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
+    scaled = image.resize((scaled_w, scaled_h), Image.Resampling.LANCZOS)
+    left, top = (scaled_w - width) // 2, (scaled_h - height) // 2
+    return scaled.crop((left, top, left + width, top + height))
+
+
+def downscale_to_fit(image: Image.Image, max_side: int) -> Image.Image:
+    """Shrink (never enlarge) so the longer side is at most max_side."""
+    longer = max(image.size)
+    if longer <= max_side:
+        return image
+    scale = max_side / longer
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS)

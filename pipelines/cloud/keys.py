@@ -1,0 +1,70 @@
+"""API keys: from the environment, else from a user-level config file outside any repository.
+
+Never from a node input: a widget value would travel in workflow JSON, PNG metadata and /history.
+The file is read at call time, so a key added while ComfyUI runs is picked up without a restart.
+
+    # ~/.config/comfyui-character-identity/keys.ini  (or the path in CHARACTER_IDENTITY_KEYS)
+    [keys]
+    WAVESPEED_API_KEY = ...
+    FAL_KEY = ...
+    SEGMIND_API_KEY = ...
+"""
+from __future__ import annotations
+
+import configparser
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from .transport import MissingKeyError
+
+KEYS_FILE_ENV = "CHARACTER_IDENTITY_KEYS"
+
+
+def default_keys_file(environ: Mapping[str, str]) -> Path:
+    if environ.get(KEYS_FILE_ENV):
+        return Path(environ[KEYS_FILE_ENV]).expanduser()
+    if os.name == "nt" and environ.get("APPDATA"):
+        base = Path(environ["APPDATA"])
+    else:
+        base = Path(environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "comfyui-character-identity" / "keys.ini"
+
+
+@dataclass(frozen=True)
+class KeySource:
+    """Where keys come from; `environ` is injectable so tests need not touch the real environment."""
+
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+
+    @property
+    def path(self) -> Path:
+        return default_keys_file(self.environ)
+
+    def find(self, env_name: str) -> str | None:
+        value = self.environ.get(env_name, "").strip()
+        if value:
+            return value
+        path = self.path
+        if not path.is_file():
+            return None
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(path, encoding="utf-8")
+        except configparser.Error as exc:
+            # the parser's message quotes the offending line, which may hold a key: say only where
+            raise MissingKeyError("Character Identity", f"cannot read the keys file {path}",
+                                  detail=f"not valid INI ({type(exc).__name__})") from None
+        value = parser.get("keys", env_name, fallback="").strip()
+        return value or None
+
+    def require(self, env_name: str, provider: str) -> str:
+        value = self.find(env_name)
+        if value is None:
+            raise MissingKeyError(
+                provider, "no API key configured",
+                hint=f"Set the environment variable {env_name}, or add '{env_name} = <key>' under [keys] in "
+                     f"{self.path}, then run the prompt again (nothing was uploaded or paid for)",
+            )
+        return value

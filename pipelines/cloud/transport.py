@@ -1,0 +1,337 @@
+"""HTTP plumbing every cloud provider shares: one aiohttp session per call, retries with backoff,
+Cancel that lands within a fraction of a second, streamed size-capped downloads, and errors that
+name the provider, HTTP status, the provider's message and the job id — with keys redacted.
+
+Why aiohttp: ComfyUI already ships it (no new dependency), and async nodes let several cloud
+calls, and a cloud call beside local GPU work, run at the same time. Each prompt runs in a fresh
+event loop, so a session lives for one call only.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Iterable, Mapping, TypeVar
+
+import aiohttp
+from multidict import CIMultiDict
+
+from ..contract import GenerationInterrupted, RunContext
+
+T = TypeVar("T")
+
+# Retrying these is safe for reads and uploads: the server did nothing or will do it again.
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# How often a waiting call checks for Cancel.
+INTERRUPT_CHECK_S = 0.1
+
+
+class ProviderError(RuntimeError):
+    """A cloud call failed. The text names the provider, what failed, the HTTP status, the
+    provider's own message and the job id, and never contains a key."""
+
+    def __init__(self, provider: str, what: str, *, status: int | None = None, detail: str | None = None,
+                 job_id: str | None = None, hint: str | None = None):
+        self.provider, self.what, self.status, self.detail, self.job_id, self.hint = provider, what, status, detail, job_id, hint
+        text = f"{provider}: {what}"
+        if status is not None:
+            text += f" (HTTP {status})"
+        if detail:
+            text += f": {detail}"
+        if job_id:
+            text += f" [job {job_id}]"
+        if hint:
+            text += f". {hint}"
+        super().__init__(text)
+
+
+class MissingKeyError(ProviderError):
+    """No API key configured; raised before anything is uploaded."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds. `request` bounds one HTTP exchange; `job` bounds the wait for a result after submit."""
+
+    connect: float = 10.0
+    request: float = 60.0
+    transfer: float = 180.0
+    job: float = 1800.0
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: Mapping[str, str]      # case-insensitive
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _hint_for(status: int, key_env: str) -> str | None:
+    if status in (401, 403):
+        return f"Check the key in {key_env}"
+    if status in (402, 406):
+        return "The account may be out of credits"
+    if status == 429:
+        return "Rate limited by the provider; try again later or lower concurrency"
+    return None
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value)
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+class Redactor:
+    """Removes secrets from any text that may reach a user, a log or an exception."""
+
+    def __init__(self, secrets: Iterable[str]):
+        parts = set()
+        for secret in secrets:
+            if secret:
+                parts.add(secret)
+                parts.update(piece for piece in secret.split(":") if len(piece) >= 6)
+        self._secrets = sorted(parts, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+class CloudCall:
+    """One generation's worth of HTTP for one provider: `async with CloudCall(...) as http: ...`."""
+
+    def __init__(self, provider: str, key_env: str, secrets: Iterable[str], context: RunContext,
+                 timeouts: Timeouts = Timeouts(), describe_error: Callable[[Response], str] | None = None,
+                 max_attempts: int = 5, backoff_s: float = 0.5, backoff_cap_s: float = 8.0):
+        self.provider = provider
+        self.key_env = key_env
+        self.redact = Redactor(secrets)
+        self.context = context
+        self.timeouts = timeouts
+        self.describe_error = describe_error or (lambda response: response.body[:300].decode(errors="replace"))
+        self.max_attempts = max_attempts
+        self.backoff_s = backoff_s
+        self.backoff_cap_s = backoff_cap_s
+        self.session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> "CloudCall":
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, connect=self.timeouts.connect, sock_read=self.timeouts.request),
+            raise_for_status=False,
+        )
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.session.close()
+
+    # ---- Cancel --------------------------------------------------------------------------
+
+    def check_interrupt(self) -> None:
+        if self.context.interrupted():
+            raise GenerationInterrupted(f"{self.provider}: cancelled")
+
+    async def guard(self, awaitable: Awaitable[T], grace_s: float = 0.0) -> T:
+        """Await, but give up within INTERRUPT_CHECK_S of Cancel. With `grace_s`, an in-flight
+        exchange gets that long to finish first (so a submitted job's id is not lost)."""
+        task = asyncio.ensure_future(awaitable)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=INTERRUPT_CHECK_S)
+                if done:
+                    return task.result()
+                if self.context.interrupted():
+                    if grace_s:
+                        done, _ = await asyncio.wait({task}, timeout=grace_s)
+                        if done and not task.cancelled() and task.exception() is None:
+                            return task.result()
+                    raise GenerationInterrupted(f"{self.provider}: cancelled")
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def sleep(self, seconds: float) -> None:
+        await self.guard(asyncio.sleep(seconds))
+
+    # ---- requests ------------------------------------------------------------------------
+
+    def _error(self, what: str, response: Response | None = None, job_id: str | None = None,
+               detail: str | None = None, hint: str | None = None) -> ProviderError:
+        status = response.status if response is not None else None
+        if response is not None and detail is None:
+            try:
+                detail = self.describe_error(response)
+            except Exception:  # a garbled error body must not hide the status
+                detail = response.body[:300].decode(errors="replace")
+        if hint is None and status is not None:
+            hint = _hint_for(status, self.key_env)
+        return ProviderError(self.provider, what, status=status,
+                             detail=self.redact(detail.strip()) if detail else None, job_id=job_id, hint=hint)
+
+    async def _exchange(self, method: str, url: str, timeout_s: float, **kwargs) -> Response:
+        if callable(kwargs.get("data")):        # multipart bodies are single-use: build one per attempt
+            kwargs["data"] = kwargs["data"]()
+
+        # sock_read per request: a blocking provider call may stay silent far longer than a poll
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.timeouts.connect, sock_read=timeout_s)
+
+        async def run() -> Response:
+            async with self.session.request(method, url, timeout=timeout, **kwargs) as response:
+                body = await response.read()
+                return Response(response.status, CIMultiDict(response.headers), body)
+
+        return await asyncio.wait_for(run(), timeout_s)
+
+    async def request(self, method: str, url: str, what: str, *, job_id: str | None = None, billable: bool = False,
+                      ok: tuple[int, ...] = (200, 201), timeout_s: float | None = None, **kwargs) -> Response:
+        """One HTTP exchange with retries.
+
+        billable=False (polls, uploads, downloads, cancels): retried on 408/429/5xx, timeouts and
+        connection errors, with exponential backoff plus jitter, honouring Retry-After.
+        billable=True (a submit that costs money): re-sent only when the provider certainly did
+        nothing — a 429 refusal, or a connection that never opened. A timeout or reset after the
+        request went out is reported, never retried, so a job is never paid for twice.
+        """
+        timeout_s = timeout_s or self.timeouts.request
+        delay = self.backoff_s
+        for attempt in range(1, self.max_attempts + 1):
+            self.check_interrupt()
+            wait = None
+            try:
+                response = await self.guard(self._exchange(method, url, timeout_s, **kwargs),
+                                            grace_s=1.0 if billable else 0.0)
+            except GenerationInterrupted:
+                raise
+            except aiohttp.ClientConnectorError as exc:      # never connected: nothing was sent
+                failure = self._error(what, job_id=job_id, detail=f"cannot connect: {exc.os_error or exc}")
+            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+                reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"connection failed: {type(exc).__name__}"
+                if billable:
+                    raise self._error(what, job_id=job_id, detail=reason, hint=(
+                        "The request may have reached the provider; it was not re-sent to avoid paying twice. "
+                        "Check the provider's dashboard before queueing again")) from None
+                failure = self._error(what, job_id=job_id, detail=reason)
+            else:
+                if response.status in ok:
+                    return response
+                failure = self._error(what, response, job_id)
+                retryable = response.status == 429 if billable else response.status in RETRYABLE_STATUS
+                if not retryable:
+                    raise failure
+                wait = _retry_after(response.headers)
+            if attempt == self.max_attempts:
+                raise failure
+            pause = min(wait if wait is not None else delay * (0.5 + random.random()), 30.0)
+            self.context.report_status(f"{self.provider}: {what} failed ({failure.detail or failure.status}); "
+                                       f"retrying in {pause:.1f} s")
+            await self.sleep(pause)
+            delay = min(delay * 2, self.backoff_cap_s)
+        raise AssertionError("unreachable")
+
+    async def best_effort(self, method: str, url: str, timeout_s: float = 1.0, **kwargs) -> int | None:
+        """A request that must go out even after Cancel (the provider's own cancel): no retries,
+        no interrupt check, errors swallowed. Returns the HTTP status, or None if it failed."""
+        try:
+            return (await self._exchange(method, url, timeout_s, **kwargs)).status
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
+            return None
+
+    async def json(self, method: str, url: str, what: str, **kwargs) -> tuple[Any, Response]:
+        """A request whose answer must be JSON. Malformed JSON is retried like a 5xx for reads,
+        and reported (not re-sent) for billable submits."""
+        billable = kwargs.get("billable", False)
+        attempts = 1 if billable else self.max_attempts
+        for attempt in range(1, attempts + 1):
+            response = await self.request(method, url, what, **kwargs)
+            try:
+                return response.json(), response
+            except ValueError:
+                if attempt == attempts:
+                    raise self._error(what, response, kwargs.get("job_id"), detail="the provider sent malformed JSON",
+                                      hint="The job was not re-sent" if billable else None) from None
+                await self.sleep(min(self.backoff_s * 2 ** (attempt - 1), self.backoff_cap_s))
+        raise AssertionError("unreachable")
+
+    # ---- downloads ------------------------------------------------------------------------
+
+    async def download(self, url: str, what: str, max_bytes: int, job_id: str | None = None,
+                       headers: dict[str, str] | None = None, decode: Callable[[bytes], T] = bytes) -> T:
+        """Fetch a result file (streamed, capped at max_bytes) or a data: URI, and `decode` it.
+        Transient failures, truncated transfers and undecodable bytes are retried with backoff."""
+        delay = self.backoff_s
+        for attempt in range(1, self.max_attempts + 1):
+            self.check_interrupt()
+            try:
+                if url.startswith("data:"):
+                    return decode(self._data_uri(url, what, max_bytes, job_id))
+                return decode(await self.guard(self._stream(url, what, max_bytes, job_id, headers)))
+            except GenerationInterrupted:
+                raise
+            except ProviderError as exc:
+                if exc.status not in RETRYABLE_STATUS:
+                    raise
+                failure = exc
+            except ValueError as exc:                      # bytes arrived but are not a valid file
+                failure = self._error(what, job_id=job_id, detail=str(exc))
+                if url.startswith("data:"):
+                    raise failure from None
+            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+                failure = self._error(what, job_id=job_id, detail=f"download failed: {type(exc).__name__}")
+            if attempt == self.max_attempts:
+                raise failure
+            await self.sleep(min(delay * (0.5 + random.random()), 30.0))
+            delay = min(delay * 2, self.backoff_cap_s)
+        raise AssertionError("unreachable")
+
+    def _data_uri(self, url: str, what: str, max_bytes: int, job_id: str | None) -> bytes:
+        header, _, payload = url.partition(",")
+        try:
+            data = base64.b64decode(payload, validate=True) if header.endswith(";base64") else payload.encode()
+        except ValueError:
+            raise self._error(what, job_id=job_id, detail="malformed data URI") from None
+        if len(data) > max_bytes:
+            raise self._error(what, job_id=job_id, detail=f"larger than {max_bytes} bytes")
+        return data
+
+    async def _stream(self, url: str, what: str, max_bytes: int, job_id: str | None,
+                      headers: dict[str, str] | None) -> bytes:
+        async def run() -> bytes:
+            async with self.session.get(url, headers=headers) as response:
+                if response.status != 200:
+                    body = await response.content.read(2048)
+                    raise self._error(what, Response(response.status, CIMultiDict(response.headers), body), job_id)
+                declared = response.content_length
+                if declared is not None and declared > max_bytes:
+                    raise self._error(what, job_id=job_id, detail=f"larger than {max_bytes} bytes ({declared})")
+                chunks, size = [], 0
+                async for chunk in response.content.iter_chunked(256 * 1024):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise self._error(what, job_id=job_id, detail=f"larger than {max_bytes} bytes")
+                    chunks.append(chunk)
+                if declared is not None and size != declared:
+                    raise aiohttp.ClientPayloadError(f"got {size} of {declared} bytes")
+                return b"".join(chunks)
+
+        return await asyncio.wait_for(run(), self.timeouts.transfer)
+
+
+def poll_delay(elapsed_s: float, first_s: float = 0.25, share: float = 0.15, longest_s: float = 1.5) -> float:
+    """Wait before the next status check: soon at first, then backing off in proportion to the
+    time already waited (so a result is picked up at most ~15% late), never below `first_s`
+    (≤ 4 checks a second) nor above `longest_s`."""
+    return min(max(first_s, share * elapsed_s), longest_s)
