@@ -1,0 +1,253 @@
+"""Shared machinery of the provider emulators: a real aiohttp server on 127.0.0.1 in a background
+thread, scripted faults, job timing, and deterministic result images.
+
+Result images encode what the emulator received, so tests can check it end to end:
+the left half is the mean colour of the reference image the job was given, the right half a
+colour derived from (prompt, seed, index).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import itertools
+import socket
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from aiohttp import web
+from PIL import Image, ImageStat
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def seed_colour(prompt: str, seed: Any, index: int) -> tuple[int, int, int]:
+    digest = hashlib.sha256(f"{prompt}|{seed}|{index}".encode()).digest()
+    return digest[0], digest[1], digest[2]
+
+
+def mean_colour(image_bytes: bytes) -> tuple[int, int, int]:
+    with Image.open(io.BytesIO(image_bytes)) as image:
+        return tuple(round(v) for v in ImageStat.Stat(image.convert("RGB")).mean)
+
+
+def synth_image(width: int, height: int, reference: bytes, prompt: str, seed: Any, index: int,
+                fmt: str = "PNG") -> bytes:
+    image = Image.new("RGB", (width, height), seed_colour(prompt, seed, index))
+    image.paste(mean_colour(reference), (0, 0, width // 2, height))
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+@dataclass
+class Fault:
+    """What to do instead of (or on top of) the normal answer for one request of one phase.
+
+    kind: "status" (answer `status` with `body`/`headers`), "reset" (drop the connection),
+    "hang" (never answer), "malformed" (HTTP 200, broken JSON), "truncate" (send half the
+    image but declare it whole), "short_image" (a complete HTTP answer holding a cut-off image),
+    "html" (an HTML error page with `status`)."""
+
+    kind: str
+    status: int = 500
+    body: Any = None
+    headers: dict = field(default_factory=dict)
+
+
+class Faults:
+    """Per-phase queues of faults, consumed one per request; safe to script from the test thread."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._queues: dict[str, deque[Fault]] = defaultdict(deque)
+
+    def add(self, phase: str, kind: str, times: int = 1, **options) -> None:
+        with self._lock:
+            self._queues[phase].extend(Fault(kind, **options) for _ in range(times))
+
+    def take(self, phase: str) -> Fault | None:
+        with self._lock:
+            queue = self._queues.get(phase)
+            return queue.popleft() if queue else None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._queues.clear()
+
+
+class Emulator:
+    """Base class: subclasses add routes in `routes()` and call `await self.answer(...)`."""
+
+    provider = "emulator"
+
+    def __init__(self, api_key: str, processing_s: float = 0.3, queue_s: float = 0.0, latency_s: float = 0.0):
+        self.api_key = api_key
+        self.processing_s = processing_s
+        self.queue_s = queue_s
+        self.latency_s = latency_s
+        self.faults = Faults()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.counts: dict[str, int] = defaultdict(int)
+        self.submissions: list[dict] = []         # every accepted, billable job payload
+        self.rejections: list[tuple[int, str]] = []
+        self.files: dict[str, tuple[bytes, str]] = {}   # path -> (bytes, content type)
+        self.jobs: dict[str, dict] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self._generation = 0
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> "Emulator":
+        ready = threading.Event()
+
+        def serve():
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+            app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._middleware])
+            app.add_routes(self.routes())
+            app.router.add_get("/files/{name}", self._serve_file)
+            runner = web.AppRunner(app, handle_signals=False)
+            self._loop.run_until_complete(runner.setup())
+            self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+            ready.set()
+            self._loop.run_until_complete(self._wait_stop())
+            self._loop.run_until_complete(runner.cleanup())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=serve, name=f"{self.provider}-emulator", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError(f"{self.provider} emulator did not start")
+        return self
+
+    async def _wait_stop(self):
+        while not self._stopped.is_set():
+            await asyncio.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread:
+            self._thread.join(10)
+
+    def reset(self) -> None:
+        """Forget faults, counts and jobs between tests; keep uploaded files (like a real CDN)."""
+        self.faults.clear()
+        self._generation += 1
+        with self._lock:
+            self.counts.clear()
+            self.submissions.clear()
+            self.rejections.clear()
+            self.jobs.clear()
+        self.processing_s, self.queue_s, self.latency_s = 0.3, 0.0, 0.0
+
+    def routes(self) -> list:
+        raise NotImplementedError
+
+    # ---- helpers for subclasses ------------------------------------------------------------
+
+    def new_id(self, prefix: str) -> str:
+        return f"{prefix}{next(self._ids):06d}"
+
+    def count(self, name: str) -> None:
+        with self._lock:
+            self.counts[name] += 1
+
+    def store_file(self, data: bytes, content_type: str, suffix: str) -> str:
+        name = self.new_id("f") + suffix
+        self.files[name] = (data, content_type)
+        return f"{self.url}/files/{name}"
+
+    def file_for_url(self, url: str) -> bytes | None:
+        prefix = f"{self.url}/files/"
+        if isinstance(url, str) and url.startswith(prefix):
+            entry = self.files.get(url[len(prefix):])
+            return entry[0] if entry else None
+        return None
+
+    def job_state(self, created: float) -> str:
+        """'queued' → 'running' → 'done' by the clock."""
+        age = time.monotonic() - created
+        if age < self.queue_s:
+            return "queued"
+        return "running" if age < self.queue_s + self.processing_s else "done"
+
+    def reject(self, status: int, message: str, body_key: str = "message") -> web.Response:
+        with self._lock:
+            self.rejections.append((status, message))
+        return web.json_response({body_key: message}, status=status)
+
+    async def fault_response(self, phase: str, request: web.Request) -> web.StreamResponse | None:
+        """Apply the next scripted fault of `phase`, if any. Returns the response to send, or None."""
+        fault = self.faults.take(phase)
+        return None if fault is None else await self.apply_fault(phase, fault, request)
+
+    async def apply_fault(self, phase: str, fault: Fault, request: web.Request) -> web.StreamResponse | None:
+        self.count(f"fault:{phase}:{fault.kind}")
+        if fault.kind == "status":
+            body = fault.body if fault.body is not None else {"message": f"injected {fault.status}"}
+            return web.json_response(body, status=fault.status, headers=fault.headers)
+        if fault.kind == "html":
+            return web.Response(text="<html><body>Method Not Allowed</body></html>", status=fault.status,
+                                content_type="text/html")
+        if fault.kind == "malformed":
+            return web.Response(text='{"data": {"id": ', status=200, content_type="application/json")
+        if fault.kind == "reset":
+            await request.read()
+            request.transport.abort()
+            raise ConnectionResetError("injected reset")
+        if fault.kind == "hang":
+            await request.read()
+            await self.hang()
+            return web.json_response({"message": "hung request released"}, status=599)
+        return None    # file-level faults are applied by _serve_file
+
+    async def hang(self) -> None:
+        """Answer nothing until the client gives up, the test ends (reset) or the emulator stops."""
+        generation = self._generation
+        deadline = time.monotonic() + 120
+        while generation == self._generation and not self._stopped.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    # ---- plumbing --------------------------------------------------------------------------
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Callable):
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        return await handler(request)
+
+    async def _serve_file(self, request: web.Request) -> web.StreamResponse:
+        self.count("download")
+        entry = self.files.get(request.match_info["name"])
+        if entry is None:
+            return web.json_response({"message": "no such file"}, status=404)
+        data, content_type = entry
+        fault = self.faults.take("download")
+        if fault is not None:
+            self.count(f"fault:download:{fault.kind}")
+            if fault.kind == "truncate":
+                response = web.StreamResponse(headers={"Content-Type": content_type, "Content-Length": str(len(data))})
+                await response.prepare(request)
+                await response.write(data[: len(data) // 2])
+                request.transport.abort()
+                return response
+            if fault.kind == "short_image":
+                return web.Response(body=data[: len(data) // 2], content_type=content_type)
+            if fault.kind == "status":
+                return web.json_response({"message": "injected"}, status=fault.status, headers=fault.headers)
+            if fault.kind == "hang":
+                await self.hang()
+        return web.Response(body=data, content_type=content_type)
