@@ -8,8 +8,27 @@ from comfyui_server import ComfyUIServer
 
 
 @pytest.fixture(scope="session")
-def comfyui(tmp_path_factory):
-    server = ComfyUIServer(tmp_path_factory.mktemp("comfyui-base")).start()
+def comfyui(tmp_path_factory, emulator_servers):
+    """One real ComfyUI for the session, its cloud nodes pointed at the emulators. WaveSpeed and fal
+    keys come from the environment, Segmind's from a keys file (both documented ways)."""
+    from cloud_helpers import TEST_KEYS
+
+    base = tmp_path_factory.mktemp("comfyui-base")
+    keys_file = base / "keys.ini"
+    keys_file.write_text(f"[keys]\nSEGMIND_API_KEY = {TEST_KEYS['SEGMIND_API_KEY']}\n")
+    env = {
+        "WAVESPEED_BASE_URL": emulator_servers["wavespeed"].url,
+        "FAL_QUEUE_URL": emulator_servers["fal"].queue_url,
+        "FAL_REST_URL": emulator_servers["fal"].rest_url,
+        "SEGMIND_BASE_URL": emulator_servers["segmind"].url,
+        "WAVESPEED_API_KEY": TEST_KEYS["WAVESPEED_API_KEY"],
+        "FAL_KEY": TEST_KEYS["FAL_KEY"],
+        "SEGMIND_API_KEY": "",
+        "CHARACTER_IDENTITY_KEYS": str(keys_file),
+        "CHARACTER_IDENTITY_REQUEST_TIMEOUT": "3",
+    }
+    server = ComfyUIServer(base, env=env).start()
+    server.keys_file = keys_file
     try:
         yield server
     finally:

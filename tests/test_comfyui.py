@@ -15,6 +15,9 @@ pytestmark = pytest.mark.comfyui
 # Every node the pack registers; a node missing here or in ComfyUI fails the first test.
 PACK_NODES = {
     "CharIDPrepareReference": "Character Identity/Reference",
+    "CharIDWaveSpeedInstantCharacter": "Character Identity/Cloud",
+    "CharIDFalInstantCharacter": "Character Identity/Cloud",
+    "CharIDSegmindInstantID": "Character Identity/Cloud",
 }
 GREEN, RED = (0, 255, 0), (255, 0, 0)
 
@@ -114,3 +117,22 @@ def test_a_mask_of_another_size_fails_with_a_clear_message(comfyui):
     entry = comfyui.run(prompt)
     assert entry["status"]["status_str"] == "error"
     assert "mask is 16x16 but the image is 64x32" in error_message(entry)
+
+
+GENERATORS = ["CharIDWaveSpeedInstantCharacter", "CharIDFalInstantCharacter", "CharIDSegmindInstantID"]
+COMMON = ["reference", "prompt", "negative_prompt", "width", "height", "seed", "steps", "guidance", "num_images",
+          "strength"]
+
+
+def test_generator_nodes_share_one_socket_layout(comfyui):
+    info = comfyui.get_json("/object_info")
+    shapes = set()
+    for name in GENERATORS:
+        node = info[name]
+        assert node["input_order"]["required"][:len(COMMON)] == COMMON
+        assert node["output"] == ["IMAGE", "STRING"] and node["output_name"] == ["images", "info"]
+        shapes.add(tuple(node["input"]["required"][socket][0] for socket in COMMON))
+        assert node["input"]["required"]["seed"][1]["control_after_generate"] is True
+        assert not any(word in socket.lower() for socket in node["input_order"]["required"]
+                       for word in ("key", "token", "secret"))
+    assert shapes == {("IMAGE", "STRING", "STRING", "INT", "INT", "INT", "INT", "FLOAT", "INT", "FLOAT")}

@@ -32,6 +32,14 @@ def test_layout_is_the_fixed_one():
         assert (REPO_ROOT / entry).exists(), entry
 
 
+def test_the_keys_example_holds_no_key():
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(REPO_ROOT / "keys.example.ini")
+    assert dict(parser["keys"]) == {"wavespeed_api_key": "", "fal_key": "", "segmind_api_key": ""}
+
+
 def test_pyproject_has_registry_metadata_and_test_extras():
     comfy = PYPROJECT["tool"]["comfy"]
     assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["Icon"].endswith("web/icon.svg")

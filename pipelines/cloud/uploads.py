@@ -22,8 +22,8 @@ def content_key(provider: str, endpoint: str, data: bytes) -> str:
 
 
 class UploadCache:
-    def __init__(self, path: Path | None = None, clock=time.time):
-        self.path = path
+    def __init__(self, path: Path | str | None = None, clock=time.time):
+        self.path = Path(path) if path else None
         self.clock = clock
         self._memory: dict[str, dict] = {}
 

@@ -177,12 +177,23 @@ class Emulator:
             return entry[0] if entry else None
         return None
 
-    def job_state(self, created: float) -> str:
-        """'queued' → 'running' → 'done' by the clock."""
-        age = time.monotonic() - created
+    def job_state(self, job: dict) -> str:
+        """'queued' → 'running' → 'done' by the clock; records when a client first saw it done."""
+        age = time.monotonic() - job["created"]
         if age < self.queue_s:
             return "queued"
-        return "running" if age < self.queue_s + self.processing_s else "done"
+        if age < self.queue_s + self.processing_s:
+            return "running"
+        job.setdefault("done_seen", time.monotonic())
+        return "done"
+
+    def new_job(self, job_id: str, body: dict, **fields) -> dict:
+        outcome = self.faults.take("job")
+        job = {"body": body, "created": time.monotonic(), "outcome": outcome.kind if outcome else "ok", **fields}
+        self.jobs[job_id] = job
+        self.submissions.append(body)
+        self.count("submit")
+        return job
 
     def reject(self, status: int, message: str, body_key: str = "message") -> web.Response:
         with self._lock:

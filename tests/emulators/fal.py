@@ -12,7 +12,6 @@ import base64
 import binascii
 import json
 import random
-import time
 
 from aiohttp import web
 
@@ -153,11 +152,7 @@ class FalEmulator(Emulator):
             self.rejections.append((422, json.dumps(problem)))
             return web.json_response(problem, status=422)
         job_id = f"{random.randrange(16**8):08x}-fal"
-        outcome = self.faults.take("job")
-        self.jobs[job_id] = {"body": body, "created": time.monotonic(), "outcome": outcome.kind if outcome else "ok",
-                             "seed": body.get("seed", random.randrange(2**31)), "result": None}
-        self.submissions.append(body)
-        self.count("submit")
+        self.new_job(job_id, body, seed=body.get("seed", random.randrange(2**31)), result=None)
         base = f"{self.queue_url}/{MODEL}/requests/{job_id}"
         return web.json_response({"request_id": job_id, "gateway_request_id": job_id, "response_url": base,
                                   "status_url": f"{base}/status", "cancel_url": f"{base}/cancel",
@@ -176,7 +171,7 @@ class FalEmulator(Emulator):
         if job.get("cancelled"):
             return web.json_response({"status": "COMPLETED", "error": "Request was cancelled",
                                       "error_type": "request_cancelled", "logs": []})
-        state = self.job_state(job["created"])
+        state = self.job_state(job)
         if state == "queued":
             return web.json_response({"status": "IN_QUEUE", "queue_position": 2, "response_url": ""})
         logs = [{"message": "Loading InstantCharacter", "level": "INFO", "timestamp": "2026-11-21T12:00:00"}]
@@ -197,7 +192,7 @@ class FalEmulator(Emulator):
         job = self.jobs.get(request.match_info["job_id"])
         if job is None:
             return web.json_response({"detail": "Request not found"}, status=404)
-        if self.job_state(job["created"]) != "done":
+        if self.job_state(job) != "done":
             return web.json_response({"detail": "Request is still in progress"}, status=400)
         if job["outcome"] == "failed":
             return web.json_response({"detail": "Internal server error during inference"}, status=500)
@@ -229,7 +224,7 @@ class FalEmulator(Emulator):
         if job is None:
             return web.json_response({"detail": "Request not found"}, status=404)
         self.cancelled.append(job_id)
-        if self.job_state(job["created"]) == "done":
+        if self.job_state(job) == "done":
             return web.json_response({"status": "ALREADY_COMPLETED"}, status=400)
         job["cancelled"] = True
         return web.json_response({"status": "CANCELLATION_REQUESTED"}, status=202)

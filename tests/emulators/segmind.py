@@ -138,11 +138,10 @@ class SegmindEmulator(Emulator):
             return await self.apply_fault("submit", fault, request)
         if (message := self.validate(body)) is not None:
             return self.error(400, message)
-        self.submissions.append(body)
-        self.count("submit")
+        job = self.new_job(self.new_id("sg"), body)
         await asyncio.sleep(self.processing_s)        # blocking: the answer comes when the image is done
-        outcome = self.faults.take("job")
-        if outcome is not None and outcome.kind == "failed":
+        job["done_seen"] = time.monotonic()
+        if job["outcome"] == "failed":
             return self.error(500, "Inference failed: face not detected")
         seed = body.get("seed", -1)
         seed = seed if seed != -1 else random.randrange(2**31)
@@ -165,12 +164,8 @@ class SegmindEmulator(Emulator):
         if (message := self.validate(body)) is not None:
             return self.error(400, message)
         job_id = self.new_id("sgq")
-        outcome = self.faults.take("job")
         seed = body.get("seed", -1)
-        self.jobs[job_id] = {"body": body, "created": time.monotonic(), "outcome": outcome.kind if outcome else "ok",
-                             "seed": seed if seed != -1 else random.randrange(2**31), "output": None}
-        self.submissions.append(body)
-        self.count("submit")
+        self.new_job(job_id, body, seed=seed if seed != -1 else random.randrange(2**31), output=None)
         return web.json_response({"request_id": job_id, "status": "QUEUED",
                                   "status_url": f"{self.url}/v2/requests/{job_id}/status",
                                   "response_url": f"{self.url}/v2/requests/{job_id}"})
@@ -190,7 +185,7 @@ class SegmindEmulator(Emulator):
             return problem
         if (fault := await self.fault_response("poll", request)) is not None:
             return fault
-        state = self.job_state(job["created"])
+        state = self.job_state(job)
         if state != "done":
             return web.json_response({"status": "QUEUED" if state == "queued" else "PROCESSING"})
         if job["outcome"] == "failed":
@@ -204,7 +199,7 @@ class SegmindEmulator(Emulator):
             return problem
         if (fault := await self.fault_response("result", request)) is not None:
             return fault
-        if self.job_state(job["created"]) != "done" or job["outcome"] == "failed":
+        if self.job_state(job) != "done" or job["outcome"] == "failed":
             return self.error(400, "Request has no result")
         if job["output"] is None:
             images = self.render(job["body"], job["seed"])

@@ -7,7 +7,6 @@ Scripted job outcomes: faults.add("job", "failed") or faults.add("job", "nsfw").
 from __future__ import annotations
 
 import random
-import time
 
 from aiohttp import web
 
@@ -120,13 +119,8 @@ class WaveSpeedEmulator(Emulator):
         if (problem := self.validate(version, body)) is not None:
             return self.bad(problem)
         job_id = self.new_id("ws")
-        outcome = self.faults.take("job")
         seed = body.get("seed", -1)
-        self.jobs[job_id] = {"version": version, "body": body, "created": time.monotonic(),
-                             "seed": seed if seed != -1 else random.randrange(2**31),
-                             "outcome": outcome.kind if outcome else "ok", "outputs": None}
-        self.submissions.append(body)
-        self.count("submit")
+        self.new_job(job_id, body, version=version, seed=seed if seed != -1 else random.randrange(2**31), outputs=None)
         return web.json_response(envelope(self.prediction(job_id, "created")))
 
     def prediction(self, job_id: str, status: str, outputs=(), nsfw=(), error: str = "") -> dict:
@@ -146,7 +140,7 @@ class WaveSpeedEmulator(Emulator):
         job = self.jobs.get(job_id)
         if job is None or job["version"] != request.match_info["version"]:
             return web.json_response({"code": 404, "message": f"prediction {job_id} not found"}, status=404)
-        state = self.job_state(job["created"])
+        state = self.job_state(job)
         if state != "done":
             return web.json_response(envelope(self.prediction(job_id, "created" if state == "queued" else "processing")))
         if job["outcome"] == "failed":

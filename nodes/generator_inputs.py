@@ -1,0 +1,87 @@
+"""The sockets every image-producing node shares, in one order, so a local node and a cloud node
+swap without rewiring: reference, prompt, negative_prompt, width, height, seed, steps, guidance,
+num_images, strength — then the backend's own options. Outputs: images, then info."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from comfy_api.latest import io
+
+from ..pipelines import GenerationRequest, ImageShapeError, flatten_to_rgb, image_batch_to_pil
+from ..pipelines.contract import BackendLimits
+
+COMMON_INPUT_NAMES = ("reference", "prompt", "negative_prompt", "width", "height", "seed", "steps", "guidance",
+                      "num_images", "strength")
+
+
+@dataclass(frozen=True)
+class Defaults:
+    steps: int
+    guidance: float
+    strength: float
+    width: int = 1024
+    height: int = 1024
+    size_step: int = 8
+
+
+def common_inputs(limits: BackendLimits, defaults: Defaults, strength_tooltip: str) -> list[io.Input]:
+    return [
+        io.Image.Input("reference", tooltip="The character or face to keep (one image)."),
+        io.String.Input("prompt", multiline=True, default="", tooltip="What the new image shows."),
+        io.String.Input("negative_prompt", multiline=True, default="", tooltip="What to avoid."),
+        io.Int.Input("width", default=defaults.width, min=int(limits.width.minimum), max=int(limits.width.maximum),
+                     step=defaults.size_step),
+        io.Int.Input("height", default=defaults.height, min=int(limits.height.minimum),
+                     max=int(limits.height.maximum), step=defaults.size_step),
+        io.Int.Input("seed", default=0, min=int(limits.seed.minimum), max=int(limits.seed.maximum),
+                     control_after_generate=True,
+                     tooltip="Same seed + same inputs = same image." + (
+                         " -1 lets the provider pick one (the info output reports it when the provider does)."
+                         if limits.seed.minimum < 0 else "")),
+        io.Int.Input("steps", default=defaults.steps, min=int(limits.steps.minimum), max=int(limits.steps.maximum)),
+        io.Float.Input("guidance", default=defaults.guidance, min=limits.guidance.minimum,
+                       max=limits.guidance.maximum, step=0.1),
+        io.Int.Input("num_images", default=1, min=int(limits.num_images.minimum),
+                     max=int(limits.num_images.maximum)),
+        io.Float.Input("strength", default=defaults.strength, min=limits.identity_strength.minimum,
+                       max=limits.identity_strength.maximum, step=0.05, tooltip=strength_tooltip),
+    ]
+
+
+def common_outputs() -> list[io.Output]:
+    return [
+        io.Image.Output(display_name="images"),
+        io.String.Output(display_name="info",
+                         tooltip="JSON: backend, job id, seed used, timings, safety flags, cost where known."),
+    ]
+
+
+def single_image(tensor, what: str):
+    """A one-image IMAGE tensor → RGB PIL image, or a clear error naming the shape."""
+    try:
+        images = image_batch_to_pil(tensor)
+    except ImageShapeError as exc:
+        raise ValueError(f"{what}: {exc}") from None
+    if len(images) != 1:
+        raise ValueError(f"{what}: got a batch of {len(images)} images; connect one image "
+                         "(an 'ImageFromBatch' node picks one)")
+    return flatten_to_rgb(images[0])
+
+
+def build_request(reference, prompt: str, negative_prompt: str, width: int, height: int, seed: int, steps: int,
+                  guidance: float, num_images: int, strength: float, extras: dict[str, Any]) -> GenerationRequest:
+    if reference is None:
+        raise ValueError("reference: connect a reference image")
+    return GenerationRequest(
+        reference=single_image(reference, "reference"), prompt=prompt, negative_prompt=negative_prompt,
+        width=width, height=height, seed=seed, steps=steps, guidance=guidance, num_images=num_images,
+        identity_strength=strength, extras=extras,
+    )
+
+
+def validate_prompt(prompt: str | None) -> bool | str:
+    """Queue-time check (the prompt is None when it comes from another node: checked at run time)."""
+    if prompt is not None and not prompt.strip():
+        return "prompt: the prompt must not be empty"
+    return True
