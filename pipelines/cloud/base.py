@@ -6,15 +6,17 @@ import io
 import time
 from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, Awaitable, Callable, ClassVar, Mapping, TypeVar
 
 from PIL import Image
 
-from ..contract import GenerationBackend, GenerationRequest, GenerationResult, RunContext
-from ..images import downscale_to_fit, encode_image, fit_to_size, flatten_to_rgb
+from ..contract import BackendLimits, GenerationBackend, GenerationRequest, GenerationResult, RunContext
+from ..images import decode_image, downscale_to_fit, encode_image, fit_to_size, flatten_to_rgb
 from .keys import KeySource
-from .transport import CloudCall, ProviderError, Response, Timeouts
+from .transport import CloudCall, ProviderError, Response, Timeouts, poll_delay
 from .uploads import UploadCache
+
+T = TypeVar("T")
 
 # Progress bar stages of every cloud call.
 STAGES = 4
@@ -94,6 +96,30 @@ class CloudBackend(GenerationBackend):
     async def _call(self, http: CloudCall, key: str, request: GenerationRequest,
                     context: RunContext) -> CloudOutcome: ...
 
+    async def poll(self, http: CloudCall, job_id: str, check: Callable[[float], Awaitable[T | None]]) -> T:
+        """Run `check(seconds waited)` on the polling schedule until it returns something; give up
+        after the job timeout with the job id, so the user can find the job."""
+        started = time.monotonic()
+        while True:
+            elapsed = time.monotonic() - started
+            if elapsed > http.timeouts.job:
+                raise ProviderError(self.name, f"no result after {int(elapsed)} s", job_id=job_id,
+                                    hint="The job may still finish; look it up in the provider's dashboard")
+            await http.sleep(poll_delay(elapsed))
+            result = await check(time.monotonic() - started)
+            if result is not None:
+                return result
+
+    async def download_images(self, http: CloudCall, urls: list[str], job_id: str | None,
+                              context: RunContext) -> list[Image.Image]:
+        """Fetch and verify every result image (URLs or data: URIs), reporting progress."""
+        images = []
+        for index, url in enumerate(urls, 1):
+            context.report_status(f"{self.name}: downloading image {index}/{len(urls)}")
+            images.append(await http.download(url, f"downloading image {index}", self.settings.max_download_bytes,
+                                              job_id, decode=decode_image))
+        return images
+
     def output_size(self, request: GenerationRequest) -> tuple[int, int]:
         return request.width, request.height
 
@@ -115,3 +141,22 @@ class CloudBackend(GenerationBackend):
             timings=outcome.timings, safety_flags=outcome.safety_flags, cost_usd=outcome.cost_usd,
             details=details,
         )
+
+
+class VersionedCloudBackend(CloudBackend):
+    """A provider with several API versions; each version has its own limits (and name)."""
+
+    limits_by_version: ClassVar[Mapping[str, BackendLimits]]
+
+    def __init__(self, settings: CloudSettings, api_version: str | None = None):
+        versions = tuple(self.limits_by_version)
+        api_version = api_version or versions[0]
+        if api_version not in versions:
+            raise ValueError(f"API version {api_version!r} is not one of {versions}")
+        super().__init__(settings)
+        self.api_version = api_version
+        self.name = self.limits_by_version[api_version].backend
+
+    @property
+    def limits(self) -> BackendLimits:
+        return self.limits_by_version[self.api_version]

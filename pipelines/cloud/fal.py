@@ -14,15 +14,15 @@ day (X-Fal-Object-Lifecycle-Preference); the pack re-uses an upload for 20 hours
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
 
 from ..contract import BackendLimits, Choice, Flag, GenerationInterrupted, GenerationRequest, NumberRange, RunContext
-from ..images import decode_image
 from .base import (STAGE_DOWNLOADED, STAGE_FINISHED, STAGE_SUBMITTED, STAGE_UPLOADED, STAGES, CloudBackend,
                    CloudOutcome, encode_reference, image_mime)
-from .transport import CloudCall, ProviderError, Response, poll_delay
+from .transport import CloudCall, ProviderError, Response
 from .uploads import content_key
 
 MODEL_PATH = "fal-ai/instant-character"
@@ -171,7 +171,8 @@ class FalInstantCharacter(CloudBackend):
             queue_s = await self._wait(http, headers, status_url, job_id, context, logs)
             result, _ = await http.json("GET", response_url, "fetching the result", headers=headers, job_id=job_id)
         except BaseException as exc:
-            if isinstance(exc, (GenerationInterrupted, KeyboardInterrupt)) or context.interrupted():
+            # Cancel in ComfyUI (or the task being torn down) also cancels the job at fal
+            if isinstance(exc, (GenerationInterrupted, asyncio.CancelledError)) or context.interrupted():
                 status = await http.best_effort("PUT", cancel_url, headers=headers)
                 context.report_status(f"{self.name}: cancelled (provider answered {status or 'nothing'})")
             raise
@@ -186,15 +187,11 @@ class FalInstantCharacter(CloudBackend):
         entries = result.get("images") if isinstance(result, dict) else None
         if not entries:
             raise ProviderError(self.name, "the job finished without images", job_id=job_id)
+        urls = [entry.get("url") if isinstance(entry, dict) else None for entry in entries]
+        if not all(urls):
+            raise ProviderError(self.name, "an image in the result has no url", job_id=job_id)
         clock = time.monotonic()
-        images = []
-        for index, entry in enumerate(entries, 1):
-            url = entry.get("url") if isinstance(entry, dict) else None
-            if not url:
-                raise ProviderError(self.name, f"image {index} has no url", job_id=job_id)
-            context.report_status(f"{self.name}: downloading image {index}/{len(entries)}")
-            images.append(await http.download(url, f"downloading image {index}", self.settings.max_download_bytes,
-                                              job_id, decode=decode_image))
+        images = await self.download_images(http, urls, job_id, context)
         timings["download"] = time.monotonic() - clock
         context.report_progress(STAGE_DOWNLOADED, STAGES)
         width, height = self.output_size(request)
@@ -210,17 +207,11 @@ class FalInstantCharacter(CloudBackend):
     async def _wait(self, http: CloudCall, headers: dict, status_url: str, job_id: str, context: RunContext,
                     logs: list[str]) -> float:
         """Poll until COMPLETED; returns the seconds spent in the queue. New log lines go to the node."""
-        started = time.monotonic()
-        queue_s = 0.0
-        separator = "&" if "?" in status_url else "?"
-        while True:
-            elapsed = time.monotonic() - started
-            if elapsed > http.timeouts.job:
-                raise ProviderError(self.name, f"no result after {int(elapsed)} s", job_id=job_id,
-                                    hint="The job may still finish; look it up in your fal dashboard")
-            await http.sleep(poll_delay(elapsed))
-            status, _ = await http.json("GET", f"{status_url}{separator}logs=1", "checking the job",
-                                        headers=headers, job_id=job_id)
+        url = f"{status_url}{'&' if '?' in status_url else '?'}logs=1"
+        queued = [0.0]
+
+        async def check(waited: float) -> float | None:
+            status, _ = await http.json("GET", url, "checking the job", headers=headers, job_id=job_id)
             if not isinstance(status, dict):
                 raise ProviderError(self.name, "checking the job", detail="unexpected status shape", job_id=job_id)
             # fal returns every log line so far; keep the new ones
@@ -232,13 +223,15 @@ class FalInstantCharacter(CloudBackend):
                 if status.get("error"):
                     kind = f" ({status['error_type']})" if status.get("error_type") else ""
                     raise ProviderError(self.name, "the job failed", detail=f"{status['error']}{kind}", job_id=job_id)
-                return queue_s
-            now = time.monotonic() - started
+                return queued[0]
             if state == "IN_QUEUE":
-                queue_s = now
+                queued[0] = waited
                 position = status.get("queue_position")
                 where = f" (position {position})" if position is not None else ""
-                context.report_status(f"{self.name}: in queue{where} · {now:.1f} s")
+                context.report_status(f"{self.name}: in queue{where} · {waited:.1f} s")
             else:
                 latest = f" · {logs[-1]}" if logs else ""
-                context.report_status(f"{self.name}: running · {now:.1f} s{latest}")
+                context.report_status(f"{self.name}: running · {waited:.1f} s{latest}")
+            return None
+
+        return await self.poll(http, job_id, check)

@@ -19,11 +19,10 @@ import time
 
 from ..contract import BackendLimits, Choice, Flag, GenerationRequest, ImageInput, NumberRange, RunContext
 from ..images import decode_image
-from .base import (STAGE_DOWNLOADED, STAGE_FINISHED, STAGE_SUBMITTED, STAGE_UPLOADED, STAGES, CloudBackend,
-                   CloudOutcome, encode_reference)
-from .transport import CloudCall, ProviderError, Response, poll_delay
+from .base import (STAGE_DOWNLOADED, STAGE_FINISHED, STAGE_SUBMITTED, STAGE_UPLOADED, STAGES, CloudOutcome,
+                   VersionedCloudBackend, encode_reference)
+from .transport import CloudCall, ProviderError, Response
 
-API_VERSIONS = ("v1", "v2")
 # The document lists 29 allowed styles and names these ten; any other name can be typed.
 KNOWN_STYLES = ("(No style)", "Watercolor", "Film Noir", "Neon", "Jungle", "Mars", "Vibrant Color", "Snow",
                 "Line art", "Art Nouveau")
@@ -47,8 +46,9 @@ LIMITS = {
             "pose_image": ImageInput(),
         },
     )
-    for version in API_VERSIONS
+    for version in ("v1", "v2")
 }
+API_VERSIONS = tuple(LIMITS)
 DEFAULTS = {"steps": 10, "guidance": 5.0, "num_images": 1, "identity_strength": 0.8, "adapter_strength": 0.8,
             "enhance_face_region": True, "style": "(No style)"}
 
@@ -60,22 +60,12 @@ def _number(value) -> float | None:
         return None
 
 
-class SegmindInstantID(CloudBackend):
+class SegmindInstantID(VersionedCloudBackend):
     key_env = "SEGMIND_API_KEY"
     base_url_env = "SEGMIND_BASE_URL"
     default_base_url = "https://api.segmind.com"
     max_reference_side = 1536        # InstantID works at ~1024 px; smaller inline payloads
-
-    def __init__(self, settings, api_version: str = "v1"):
-        if api_version not in API_VERSIONS:
-            raise ValueError(f"Segmind API version {api_version!r} is not one of {API_VERSIONS}")
-        super().__init__(settings)
-        self.api_version = api_version
-        self.name = LIMITS[api_version].backend
-
-    @property
-    def limits(self) -> BackendLimits:
-        return LIMITS[self.api_version]
+    limits_by_version = LIMITS
 
     def describe_error(self, response: Response) -> str:
         if response.headers.get("Content-Type", "").startswith("text/html"):
@@ -134,7 +124,7 @@ class SegmindInstantID(CloudBackend):
         base = self.settings.base_url
         clock = time.monotonic()
         context.report_status(f"{self.name}: submitting")
-        submitted, response = await http.json("POST", f"{base}/v2/instantid", "submitting the job", billable=True,
+        submitted, _ = await http.json("POST", f"{base}/v2/instantid", "submitting the job", billable=True,
                                               headers=headers, json=payload)
         job_id = submitted.get("request_id") if isinstance(submitted, dict) else None
         if not job_id:
@@ -145,23 +135,21 @@ class SegmindInstantID(CloudBackend):
         context.report_progress(STAGE_SUBMITTED, STAGES)
 
         started = time.monotonic()
-        while True:
-            elapsed = time.monotonic() - started
-            if elapsed > http.timeouts.job:
-                raise ProviderError(self.name, f"no result after {int(elapsed)} s", job_id=job_id,
-                                    hint="The job may still finish; look it up in your Segmind dashboard")
-            await http.sleep(poll_delay(elapsed))
+
+        async def check(waited: float) -> bool | None:
             # a FAILED job answers with HTTP 422 and its status body
             status, _ = await http.json("GET", status_url, "checking the job", headers=headers, job_id=job_id,
                                         ok=(200, 422))
             state = str(status.get("status", "")).upper() if isinstance(status, dict) else ""
             if state == "COMPLETED":
-                break
+                return True
             if state in FAILED_STATES:
                 raise ProviderError(self.name, "the job failed", detail=str(status.get("error") or state),
                                     job_id=job_id)
-            label = "queued" if state == "QUEUED" else "running"
-            context.report_status(f"{self.name}: {label} · {time.monotonic() - started:.1f} s")
+            context.report_status(f"{self.name}: {'queued' if state == 'QUEUED' else 'running'} · {waited:.1f} s")
+            return None
+
+        await self.poll(http, job_id, check)
         timings["wait"] = time.monotonic() - started
         context.report_progress(STAGE_FINISHED, STAGES)
 
@@ -195,7 +183,6 @@ class SegmindInstantID(CloudBackend):
                            context: RunContext) -> list:
         """Raw image bytes, or JSON whose image/images/output hold base64, data URIs or URLs."""
         content_type = response.headers.get("Content-Type", "")
-        limit = self.settings.max_download_bytes
         if content_type.startswith("image/") or not content_type.startswith("application/json"):
             try:
                 return [decode_image(response.body)]
@@ -215,15 +202,9 @@ class SegmindInstantID(CloudBackend):
                 break
         if not found:
             raise ProviderError(self.name, "the job finished without images", job_id=job_id)
-        images = []
-        for index, item in enumerate(found, 1):
-            if not isinstance(item, str):
-                raise ProviderError(self.name, f"image {index} is not a string", job_id=job_id)
-            if item.startswith(("http://", "https://")):
-                context.report_status(f"{self.name}: downloading image {index}/{len(found)}")
-                images.append(await http.download(item, f"downloading image {index}", limit, job_id,
-                                                  decode=decode_image))
-            else:
-                uri = item if item.startswith("data:") else f"data:image/jpeg;base64,{item}"
-                images.append(await http.download(uri, f"decoding image {index}", limit, job_id, decode=decode_image))
-        return images
+        if not all(isinstance(item, str) for item in found):
+            raise ProviderError(self.name, "an image in the result is not text", job_id=job_id)
+        # URLs are downloaded; bare base64 becomes a data: URI, decoded by the same path
+        urls = [item if item.startswith(("http://", "https://", "data:")) else f"data:image/jpeg;base64,{item}"
+                for item in found]
+        return await self.download_images(http, urls, job_id, context)

@@ -17,14 +17,12 @@ import time
 import aiohttp
 
 from ..contract import BackendLimits, Flag, GenerationRequest, NumberRange, RunContext
-from ..images import decode_image
-from .base import (STAGE_DOWNLOADED, STAGE_FINISHED, STAGE_SUBMITTED, STAGE_UPLOADED, STAGES, CloudBackend,
-                   CloudOutcome, encode_reference)
-from .transport import CloudCall, ProviderError, Response, poll_delay
+from .base import (STAGE_DOWNLOADED, STAGE_FINISHED, STAGE_SUBMITTED, STAGE_UPLOADED, STAGES, CloudOutcome,
+                   VersionedCloudBackend, encode_reference)
+from .transport import CloudCall, ProviderError, Response
 from .uploads import content_key
 
 MODEL_PATH = "wavespeed-ai/instant-character"
-API_VERSIONS = ("v3", "v2")
 UPLOAD_KEEP_S = 6 * 24 * 3600
 TERMINAL_FAILURES = {"failed", "cancelled", "timeout", "deleted"}
 
@@ -46,24 +44,15 @@ LIMITS = {
                         width=NumberRange(512, 1536, integer=True), height=NumberRange(512, 1536, integer=True),
                         seed=NumberRange(-1, 9999999999, integer=True), **_COMMON),
 }
+API_VERSIONS = tuple(LIMITS)
 DEFAULTS = {"steps": 28, "guidance": 3.5, "num_images": 1, "enable_safety_checker": True}
 
 
-class WaveSpeedInstantCharacter(CloudBackend):
+class WaveSpeedInstantCharacter(VersionedCloudBackend):
     key_env = "WAVESPEED_API_KEY"
     base_url_env = "WAVESPEED_BASE_URL"
     default_base_url = "https://api.wavespeed.ai"
-
-    def __init__(self, settings, api_version: str = "v3"):
-        if api_version not in API_VERSIONS:
-            raise ValueError(f"WaveSpeed API version {api_version!r} is not one of {API_VERSIONS}")
-        super().__init__(settings)
-        self.api_version = api_version
-        self.name = LIMITS[api_version].backend
-
-    @property
-    def limits(self) -> BackendLimits:
-        return LIMITS[self.api_version]
+    limits_by_version = LIMITS
 
     def describe_error(self, response: Response) -> str:
         try:
@@ -147,11 +136,7 @@ class WaveSpeedInstantCharacter(CloudBackend):
         if not outputs:
             raise ProviderError(self.name, "the job finished without images", job_id=job_id)
         clock = time.monotonic()
-        images = []
-        for index, url in enumerate(outputs, 1):
-            context.report_status(f"{self.name}: downloading image {index}/{len(outputs)}")
-            images.append(await http.download(url, f"downloading image {index}", self.settings.max_download_bytes,
-                                              job_id, decode=decode_image))
+        images = await self.download_images(http, outputs, job_id, context)
         timings["download"] = time.monotonic() - clock
         context.report_progress(STAGE_DOWNLOADED, STAGES)
         flags = [bool(flag) for flag in data.get("has_nsfw_contents") or []]
@@ -163,14 +148,9 @@ class WaveSpeedInstantCharacter(CloudBackend):
         )
 
     async def _wait(self, http: CloudCall, headers: dict, job_id: str, context: RunContext) -> dict:
-        started = time.monotonic()
         url = self._url(f"predictions/{job_id}/result")
-        while True:
-            elapsed = time.monotonic() - started
-            if elapsed > http.timeouts.job:
-                raise ProviderError(self.name, f"no result after {int(elapsed)} s", job_id=job_id,
-                                    hint="The job may still finish; look it up in the WaveSpeed dashboard")
-            await http.sleep(poll_delay(elapsed))
+
+        async def check(waited: float) -> dict | None:
             body, response = await http.json("GET", url, "checking the job", headers=headers, job_id=job_id)
             data = self._data(body, response, "checking the job", job_id)
             status = str(data.get("status", "")).lower()
@@ -180,4 +160,7 @@ class WaveSpeedInstantCharacter(CloudBackend):
                 raise ProviderError(self.name, f"the job {status}", detail=str(data.get("error") or "") or None,
                                     job_id=job_id)
             label = "queued" if status == "created" else status or "waiting"
-            context.report_status(f"{self.name}: {label} · {time.monotonic() - started:.1f} s")
+            context.report_status(f"{self.name}: {label} · {waited:.1f} s")
+            return None
+
+        return await self.poll(http, job_id, check)
