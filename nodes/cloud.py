@@ -15,7 +15,7 @@ from ..pipelines.cloud import fal as fal_protocol
 from ..pipelines.cloud import segmind as segmind_protocol
 from ..pipelines.cloud import wavespeed as wavespeed_protocol
 from .common import CATEGORY_CLOUD, node_id
-from .generator_inputs import Defaults, build_request, common_inputs, common_outputs, single_image, validate_prompt
+from .generator_inputs import Defaults, build_request, generator_schema, single_image, validate_prompt
 from .runtime import generate, pack_state_dir
 
 PRIVACY = " The reference image is sent to the provider."
@@ -28,22 +28,17 @@ def upload_cache_path() -> str:
 class WaveSpeedInstantCharacterNode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        limits = wavespeed_protocol.LIMITS["v3"]
         defaults = wavespeed_protocol.DEFAULTS
-        return io.Schema(
-            node_id=node_id("WaveSpeedInstantCharacter"),
-            display_name="InstantCharacter (WaveSpeed cloud)",
-            category=CATEGORY_CLOUD,
-            description="InstantCharacter on WaveSpeed AI (API v3, or v2). Key: WAVESPEED_API_KEY." + PRIVACY,
-            inputs=[
-                *common_inputs(limits, Defaults(steps=defaults["steps"], guidance=defaults["guidance"], strength=1.0),
-                               "WaveSpeed has no subject-scale parameter: not sent (kept so nodes swap)."),
+        return generator_schema(
+            node_id("WaveSpeedInstantCharacter"), "InstantCharacter (WaveSpeed cloud)", CATEGORY_CLOUD,
+            "InstantCharacter on WaveSpeed AI (API v3, or v2). Key: WAVESPEED_API_KEY." + PRIVACY,
+            wavespeed_protocol.LIMITS["v3"], Defaults(steps=defaults["steps"], guidance=defaults["guidance"], strength=1.0),
+            "WaveSpeed has no subject-scale parameter: not sent (kept so nodes swap).",
+            [
                 io.Combo.Input("api_version", options=list(wavespeed_protocol.API_VERSIONS), default="v3",
                                tooltip="v3 takes 256–1536 px per side; v2 takes 512–1536."),
                 io.Boolean.Input("enable_safety_checker", default=defaults["enable_safety_checker"]),
             ],
-            outputs=common_outputs(),
-            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
@@ -63,17 +58,13 @@ class FalInstantCharacterNode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         defaults = fal_protocol.DEFAULTS
-        return io.Schema(
-            node_id=node_id("FalInstantCharacter"),
-            display_name="InstantCharacter (fal cloud)",
-            category=CATEGORY_CLOUD,
-            description="fal-ai/instant-character through fal's queue. Key: FAL_KEY. Cancel also cancels the "
-                        "job at fal." + PRIVACY,
-            inputs=[
-                *common_inputs(fal_protocol.LIMITS,
-                               Defaults(steps=defaults["steps"], guidance=defaults["guidance"],
-                                        strength=defaults["identity_strength"]),
-                               "fal 'scale': how strongly the subject shows (0–2)."),
+        return generator_schema(
+            node_id("FalInstantCharacter"), "InstantCharacter (fal cloud)", CATEGORY_CLOUD,
+            "fal-ai/instant-character through fal's queue. Key: FAL_KEY. Cancel also cancels the job at fal." + PRIVACY,
+            fal_protocol.LIMITS,
+            Defaults(steps=defaults["steps"], guidance=defaults["guidance"], strength=defaults["identity_strength"]),
+            "fal 'scale': how strongly the subject shows (0–2).",
+            [
                 io.Combo.Input("image_size", options=[fal_protocol.CUSTOM_SIZE, *fal_protocol.IMAGE_SIZE_PRESETS],
                                default=fal_protocol.CUSTOM_SIZE,
                                tooltip="custom uses width and height; a preset replaces them."),
@@ -82,8 +73,6 @@ class FalInstantCharacterNode(io.ComfyNode):
                 io.Boolean.Input("sync_mode", default=defaults["sync_mode"],
                                  tooltip="Images come back inline and are not kept in fal's request history."),
             ],
-            outputs=common_outputs(),
-            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
@@ -107,17 +96,14 @@ class SegmindInstantIDNode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         defaults = segmind_protocol.DEFAULTS
-        return io.Schema(
-            node_id=node_id("SegmindInstantID"),
-            display_name="InstantID (Segmind cloud)",
-            category=CATEGORY_CLOUD,
-            description="InstantID on Segmind (v1 blocking, or v2 queued). Key: SEGMIND_API_KEY. The result is "
-                        "scaled and centre-cropped to width×height." + PRIVACY,
-            inputs=[
-                *common_inputs(segmind_protocol.LIMITS["v1"],
-                               Defaults(steps=defaults["steps"], guidance=defaults["guidance"],
-                                        strength=defaults["identity_strength"]),
-                               "Segmind identity_strength (IdentityNet strength, 0–1)."),
+        return generator_schema(
+            node_id("SegmindInstantID"), "InstantID (Segmind cloud)", CATEGORY_CLOUD,
+            "InstantID on Segmind (v1 blocking, or v2 queued). Key: SEGMIND_API_KEY. The result is scaled and "
+            "centre-cropped to width×height." + PRIVACY,
+            segmind_protocol.LIMITS["v1"],
+            Defaults(steps=defaults["steps"], guidance=defaults["guidance"], strength=defaults["identity_strength"]),
+            "Segmind identity_strength (IdentityNet strength, 0–1).",
+            [
                 io.Combo.Input("api_version", options=list(segmind_protocol.API_VERSIONS), default="v1"),
                 io.Combo.Input("style", options=[*segmind_protocol.KNOWN_STYLES, CUSTOM_STYLE],
                                default=defaults["style"],
@@ -127,8 +113,6 @@ class SegmindInstantIDNode(io.ComfyNode):
                 io.Boolean.Input("enhance_face_region", default=defaults["enhance_face_region"]),
                 io.Image.Input("pose_image", optional=True, tooltip="Optional: the pose (and size) to follow."),
             ],
-            outputs=common_outputs(),
-            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod

@@ -57,6 +57,16 @@ def common_outputs() -> list[io.Output]:
     ]
 
 
+def generator_schema(name: str, display_name: str, category: str, description: str, limits: BackendLimits,
+                     defaults: Defaults, strength_tooltip: str, options: list[io.Input]) -> io.Schema:
+    """The schema of an image-producing node: common sockets, then `options`; images + info out."""
+    return io.Schema(
+        node_id=name, display_name=display_name, category=category, description=description,
+        inputs=[*common_inputs(limits, defaults, strength_tooltip), *options],
+        outputs=common_outputs(), hidden=[io.Hidden.unique_id],
+    )
+
+
 def single_image(tensor, what: str):
     """A one-image IMAGE tensor → RGB PIL image, or a clear error naming the shape."""
     try:
