@@ -11,9 +11,6 @@ from comfy_api.latest import io
 from ..pipelines import GenerationRequest, ImageShapeError, flatten_to_rgb, image_batch_to_pil
 from ..pipelines.contract import BackendLimits
 
-COMMON_INPUT_NAMES = ("reference", "prompt", "negative_prompt", "width", "height", "seed", "steps", "guidance",
-                      "num_images", "strength")
-
 
 @dataclass(frozen=True)
 class Defaults:
