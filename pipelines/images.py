@@ -7,6 +7,7 @@ never dropped silently: flattening to RGB composites over a stated background co
 from __future__ import annotations
 
 import io
+import re
 from typing import Sequence
 
 import numpy as np
@@ -30,15 +31,19 @@ class ImageDecodeError(ValueError):
     """Bytes that are not a complete, decodable image."""
 
 
+_HEX_COLOUR = re.compile(r"#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})")
+
+
 def parse_color(text: str) -> RGB:
-    """'#RRGGBB', '#RGB', 'rgb(…)' or a CSS colour name → (r, g, b). Raises ValueError naming the input."""
-    try:
-        value = ImageColor.getrgb(text.strip())
-    except (ValueError, AttributeError):
-        raise ValueError(
-            f"background colour {text!r} is not a colour; use #RRGGBB (e.g. #FFFFFF) or a name like 'white'"
-        ) from None
-    return value[:3]
+    """'#RRGGBB', '#RGB' or a CSS colour name (the 148 of CSS Color 4, any case) → (r, g, b).
+    Nothing else (no rgb(), hsl(), alpha or system colours), so the browser's swatch can accept
+    exactly the same. Raises ValueError naming the input."""
+    value = text.strip() if isinstance(text, str) else ""
+    if _HEX_COLOUR.fullmatch(value) or value.lower() in ImageColor.colormap:
+        return ImageColor.getrgb(value.lower())[:3]
+    raise ValueError(
+        f"background colour {text!r} is not a colour; use #RRGGBB (e.g. #FFFFFF), #RGB or a CSS name like 'white'"
+    )
 
 
 def as_image_batch(images: torch.Tensor) -> torch.Tensor:

@@ -17,12 +17,17 @@ def _background_tensor(background: RGB, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(background, dtype=like.dtype, device=like.device) / 255.0
 
 
-def _mask_batch(mask: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-    """Mask ([H,W], [B,H,W] or [1,H,W], 1 = background) → [B,H,W,1] matching `batch`."""
+def _mask_batch(mask: torch.Tensor, batch: torch.Tensor) -> torch.Tensor | None:
+    """Mask ([H,W], [B,H,W] or [1,H,W], 1 = background) → [B,H,W,1] matching `batch`, or None when
+    the mask is LoadImage's placeholder for an image without alpha."""
     if mask.ndim == 2:
         mask = mask.unsqueeze(0)
     if mask.ndim != 3:
         raise ImageShapeError(f"mask of shape {tuple(mask.shape)} is not supported; expected [batch, height, width]")
+    if mask.shape[1:] != batch.shape[1:3] and not bool(mask.any()):
+        # LoadImage answers "no alpha" (every JPEG, most PNGs) with an all-zero 64x64 mask: that
+        # means "nothing is background", which is exactly no mask. A real mask must match the image.
+        return None
     if mask.shape[1:] != batch.shape[1:3]:
         raise ImageShapeError(
             f"mask is {mask.shape[2]}x{mask.shape[1]} but the image is {batch.shape[2]}x{batch.shape[1]}; "
@@ -45,8 +50,8 @@ def to_rgb_batch(images: torch.Tensor, background: RGB = WHITE, mask: torch.Tens
         rgb = batch[..., :3] * alpha + bg * (1 - alpha)
     else:
         rgb = batch
-    if mask is not None:
-        replace = _mask_batch(mask, rgb)
+    replace = _mask_batch(mask, rgb) if mask is not None else None
+    if replace is not None:
         rgb = rgb * (1 - replace) + bg * replace
     return rgb
 

@@ -86,6 +86,10 @@ BUILD_JS = """([nodes, links, note]) => {
       if (!widget) throw new Error(type + " has no widget " + name);
       widget.value = value;
     }
+    // fixed seeds: a shared workflow gives the same images again, and a side-by-side stays comparable
+    for (const widget of node.widgets ?? []) {
+      if (widget.name === "control_after_generate") widget.value = "fixed";
+    }
     made[key] = node;
   }
   for (const [from, output, to, input] of links) {

@@ -110,24 +110,57 @@ def test_node_library_shows_the_pack_category_tree(page):
     assert page.pack_errors == []
 
 
-def test_background_swatch_parses_colours_like_the_server(page):
-    result = page.evaluate(
-        """async (url) => {
-            const { cssColor } = await import(url);
-            return [cssColor('#00FF00'), cssColor('white'), cssColor('greenish'), cssColor('')];
+def test_background_swatch_accepts_exactly_what_the_server_accepts(page):
+    from PIL import ImageColor
+
+    from pipelines.images import parse_color
+
+    candidates = ["#00FF00", "#0f0", " white ", "WHITE", "RebeccaPurple", "greenish", "", "rgb(1, 2, 3)",
+                  "rgba(0,0,0,0)", "hsl(0, 100%, 50%)", "#11223344", "#1234", "#12345G", "transparent",
+                  "currentColor", "Canvas", "ButtonText", "inherit", "red;", *sorted(ImageColor.colormap)]
+    names, painted = page.evaluate(
+        """async ([url, candidates]) => {
+            const { cssColor, CSS_COLOUR_NAMES } = await import(url);
+            return [[...CSS_COLOUR_NAMES].sort(), candidates.map((text) => cssColor(text))];
         }""",
-        f"{EXTENSION_URL_PART}character_identity.js",
+        [f"{EXTENSION_URL_PART}character_identity.js", candidates],
     )
-    assert result == ["rgb(0, 255, 0)", "white", None, None]
+    assert names == sorted(ImageColor.colormap)
+
+    def server_accepts(text):
+        try:
+            parse_color(text)
+            return True
+        except ValueError:
+            return False
+
+    assert {text: value is not None for text, value in zip(candidates, painted)} == \
+        {text: server_accepts(text) for text in candidates}
+    assert painted[0] == "rgb(0, 255, 0)" and painted[candidates.index("greenish")] is None
 
 
-def uploaded_reference(comfyui) -> None:
-    """The example workflows load `character_reference.png`: half red character, half transparent."""
-    reference = Image.new("RGBA", (80, 40), (0, 0, 0, 0))
-    reference.paste((200, 30, 30, 255), (0, 0, 40, 40))
+def uploaded_reference(comfyui, kind: str = "rgba_png") -> str:
+    """A reference as users have them: a PNG with transparency (half red character, half
+    transparent), an RGB PNG without alpha, or a JPEG. Returns the name LoadImage should load."""
+    image = Image.new("RGBA", (80, 40), (0, 0, 0, 0))
+    image.paste((200, 30, 30, 255), (0, 0, 40, 40))
+    if kind != "rgba_png":                         # no alpha: the right half is plain white
+        flat = Image.new("RGB", image.size, (255, 255, 255))
+        flat.paste(image, mask=image.getchannel("A"))
+        image = flat
     buffer = io.BytesIO()
-    reference.save(buffer, "PNG")
-    comfyui.upload_image(buffer.getvalue(), "character_reference.png")
+    image.save(buffer, "JPEG" if kind == "jpeg" else "PNG", **({"quality": 95} if kind == "jpeg" else {}))
+    name = "character_reference.jpg" if kind == "jpeg" else "character_reference.png"
+    comfyui.upload_image(buffer.getvalue(), name)
+    return name
+
+
+def use_reference(prompt: dict, name: str) -> dict:
+    """Point every LoadImage of a converted workflow at `name`, as a user picking their file would."""
+    for node in prompt.values():
+        if node["class_type"] == "LoadImage":
+            node["inputs"]["image"] = name
+    return prompt
 
 
 def load_and_convert(page, name: str) -> dict:
@@ -152,25 +185,32 @@ def test_every_shipped_workflow_is_covered():
         "prepare_character_reference", "cloud_providers_side_by_side"}
 
 
-def test_the_prepare_workflow_converts_and_runs(page, comfyui):
-    """Load the file in the real frontend, convert with graphToPrompt, run it on the server."""
-    uploaded_reference(comfyui)
-    prompt = load_and_convert(page, "prepare_character_reference")
+REFERENCE_KINDS = ["rgba_png", "rgb_png", "jpeg"]
+
+
+@pytest.mark.parametrize("kind", REFERENCE_KINDS)
+def test_the_prepare_workflow_converts_and_runs(page, comfyui, kind):
+    """Load the file in the real frontend, convert with graphToPrompt, run it on the server, with a
+    transparent PNG, a PNG without alpha and a JPEG (LoadImage's placeholder mask for those)."""
+    name = uploaded_reference(comfyui, kind)
+    prompt = use_reference(load_and_convert(page, "prepare_character_reference"), name)
     assert {node["class_type"] for node in prompt.values()} == {"LoadImage", "CharIDPrepareReference", "SaveImage"}
     [result] = saved_outputs(comfyui, comfyui.run(prompt))
     assert result.size == (1024, 1024)
     assert result.getpixel((5, 5)) == (255, 255, 255)          # padding is white by default
-    assert result.getpixel((900, 512)) == (255, 255, 255)      # transparent half became background
+    background = result.getpixel((900, 512))                    # transparent (or white) half
+    assert min(background) >= 250
     red, green, blue = result.getpixel((256, 512))
     assert red > 180 and green < 60 and blue < 60              # the character itself
     assert page.pack_errors == []
 
 
-def test_the_cloud_workflow_converts_and_runs_all_three_providers(page, comfyui, emulator_servers):
+@pytest.mark.parametrize("kind", REFERENCE_KINDS)
+def test_the_cloud_workflow_converts_and_runs_all_three_providers(page, comfyui, emulator_servers, kind):
     for emulator in emulator_servers.values():
         emulator.reset()
-    uploaded_reference(comfyui)
-    prompt = load_and_convert(page, "cloud_providers_side_by_side")
+    name = uploaded_reference(comfyui, kind)
+    prompt = use_reference(load_and_convert(page, "cloud_providers_side_by_side"), name)
     types = sorted(node["class_type"] for node in prompt.values())
     assert types.count("SaveImage") == 3 and types.count("PreviewAny") == 3
     entry = comfyui.run(prompt)
@@ -182,3 +222,14 @@ def test_the_cloud_workflow_converts_and_runs_all_three_providers(page, comfyui,
     assert all(info["seed"] == 42 for info in infos)
     assert sum(emulator.counts["submit"] for emulator in emulator_servers.values()) == 3
     assert page.pack_errors == []
+
+
+@pytest.mark.parametrize("name", ["prepare_character_reference", "cloud_providers_side_by_side"])
+def test_shipped_workflows_use_fixed_seeds(page, name):
+    """A shared workflow must give the same images again: no seed is set to randomize."""
+    load_and_convert(page, name)
+    controls = page.evaluate("""() => window.app.graph._nodes.flatMap(
+        (n) => (n.widgets ?? []).filter((w) => w.name === 'control_after_generate').map((w) => w.value))""")
+    assert all(value == "fixed" for value in controls)
+    if name == "cloud_providers_side_by_side":
+        assert len(controls) == 3

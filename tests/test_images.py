@@ -145,10 +145,17 @@ def test_decoded_images_are_always_rgb():
 
 
 @pytest.mark.parametrize(("text", "rgb"), [("#FFFFFF", (255, 255, 255)), ("#0f0", (0, 255, 0)),
-                                           (" white ", (255, 255, 255)), ("rgb(1,2,3)", (1, 2, 3)),
-                                           ("#11223344", (17, 34, 51))])
+                                           (" white ", (255, 255, 255)), ("RebeccaPurple", (102, 51, 153))])
 def test_colours_parse(text, rgb):
     assert parse_color(text) == rgb
+
+
+@pytest.mark.parametrize("text", ["rgb(1,2,3)", "#11223344", "#1234", "hsl(0, 100%, 50%)", "transparent",
+                                  "currentColor", "Canvas", "", "whitе"])
+def test_only_hex_and_css_names_are_colours(text):
+    """The browser swatch accepts exactly these forms, so the server must not accept more."""
+    with pytest.raises(ValueError):
+        parse_color(text)
 
 
 def test_a_bad_colour_names_itself_and_the_accepted_forms():

@@ -88,7 +88,18 @@ def test_batch_items_are_processed_independently():
 
 def test_mismatched_masks_raise_clear_errors():
     with pytest.raises(ImageShapeError, match="mask is 5x4 but the image is 4x4"):
-        prepare_reference(solid(1, 4, 4), mask=torch.zeros(1, 4, 5))
+        prepare_reference(solid(1, 4, 4), mask=torch.ones(1, 4, 5))
+    real_but_small = torch.zeros(1, 64, 64)
+    real_but_small[0, 10, 10] = 1.0                 # one masked pixel: a real mask, wrongly sized
+    with pytest.raises(ImageShapeError, match="mask is 64x64 but the image is 96x80"):
+        prepare_reference(solid(1, 80, 96), mask=real_but_small)
+
+
+def test_loadimage_placeholder_mask_means_no_mask():
+    """LoadImage gives an all-zero 64x64 MASK for any image without alpha (every JPEG): no mask."""
+    images = solid(1, 80, 96)
+    placeholder = torch.zeros(1, 64, 64)
+    assert torch.equal(prepare_reference(images, size=0, mask=placeholder), prepare_reference(images, size=0))
     with pytest.raises(ImageShapeError, match="mask batch of 2 does not match image batch of 3"):
         prepare_reference(solid(3, 4, 4), mask=torch.zeros(2, 4, 4))
 

@@ -4,11 +4,39 @@ import { app } from "../../scripts/app.js";
 const PREPARE_NODE = "CharIDPrepareReference";
 const SWATCH = 14;
 
-// The browser's own CSS parser decides what a valid colour is; the server accepts the same
-// #RRGGBB and CSS names through PIL.ImageColor.
+// The 148 CSS Color 4 names: with #RGB and #RRGGBB, exactly what the server accepts (a test
+// compares this list with the server's). rgb(), hsl(), alpha and system colours are refused on
+// both sides, so the swatch never shows a colour the server would reject.
+const CSS_COLOUR_NAMES = new Set([
+  "aliceblue", "antiquewhite", "aqua", "aquamarine", "azure", "beige", "bisque", "black", "blanchedalmond",
+  "blue", "blueviolet", "brown", "burlywood", "cadetblue", "chartreuse", "chocolate", "coral",
+  "cornflowerblue", "cornsilk", "crimson", "cyan", "darkblue", "darkcyan", "darkgoldenrod", "darkgray",
+  "darkgreen", "darkgrey", "darkkhaki", "darkmagenta", "darkolivegreen", "darkorange", "darkorchid",
+  "darkred", "darksalmon", "darkseagreen", "darkslateblue", "darkslategray", "darkslategrey",
+  "darkturquoise", "darkviolet", "deeppink", "deepskyblue", "dimgray", "dimgrey", "dodgerblue", "firebrick",
+  "floralwhite", "forestgreen", "fuchsia", "gainsboro", "ghostwhite", "gold", "goldenrod", "gray", "green",
+  "greenyellow", "grey", "honeydew", "hotpink", "indianred", "indigo", "ivory", "khaki", "lavender",
+  "lavenderblush", "lawngreen", "lemonchiffon", "lightblue", "lightcoral", "lightcyan",
+  "lightgoldenrodyellow", "lightgray", "lightgreen", "lightgrey", "lightpink", "lightsalmon",
+  "lightseagreen", "lightskyblue", "lightslategray", "lightslategrey", "lightsteelblue", "lightyellow",
+  "lime", "limegreen", "linen", "magenta", "maroon", "mediumaquamarine", "mediumblue", "mediumorchid",
+  "mediumpurple", "mediumseagreen", "mediumslateblue", "mediumspringgreen", "mediumturquoise",
+  "mediumvioletred", "midnightblue", "mintcream", "mistyrose", "moccasin", "navajowhite", "navy", "oldlace",
+  "olive", "olivedrab", "orange", "orangered", "orchid", "palegoldenrod", "palegreen", "paleturquoise",
+  "palevioletred", "papayawhip", "peachpuff", "peru", "pink", "plum", "powderblue", "purple",
+  "rebeccapurple", "red", "rosybrown", "royalblue", "saddlebrown", "salmon", "sandybrown", "seagreen",
+  "seashell", "sienna", "silver", "skyblue", "slateblue", "slategray", "slategrey", "snow", "springgreen",
+  "steelblue", "tan", "teal", "thistle", "tomato", "turquoise", "violet", "wheat", "white", "whitesmoke",
+  "yellow", "yellowgreen"
+]);
+const HEX_COLOUR = /^#(?:[0-9a-f]{3}|[0-9a-f]{6})$/i;
+
+// → a CSS colour the canvas can paint, or null when the server would refuse the text.
 function cssColor(text) {
+  const value = String(text ?? "").trim();
+  if (!HEX_COLOUR.test(value) && !CSS_COLOUR_NAMES.has(value.toLowerCase())) return null;
   const probe = new Option().style;
-  probe.color = String(text ?? "").trim();
+  probe.color = value.toLowerCase();
   return probe.color || null;
 }
 
@@ -51,4 +79,4 @@ app.registerExtension({
   },
 });
 
-export { cssColor };
+export { cssColor, CSS_COLOUR_NAMES };
