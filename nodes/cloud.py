@@ -2,11 +2,12 @@
 
 Thin adapters: widgets → GenerationRequest → pipelines.cloud backend (configured from the
 environment at run time) → IMAGE + info. Keys never appear here: the backend reads them from the
-environment or the user's keys file.
+environment or the user's keys file. `CloudGeneratorNode` holds everything the nodes share; each
+node declares its provider, its schema and how its own widgets become request extras.
 """
 from __future__ import annotations
 
-import os
+from typing import Any, ClassVar
 
 from comfy_api.latest import io
 
@@ -15,17 +16,40 @@ from ..pipelines.cloud import fal as fal_protocol
 from ..pipelines.cloud import segmind as segmind_protocol
 from ..pipelines.cloud import wavespeed as wavespeed_protocol
 from .common import CATEGORY_CLOUD, node_id
-from .generator_inputs import Defaults, build_request, generator_schema, single_image, validate_prompt
+from .generator_inputs import (COMMON_INPUTS, Defaults, build_request, float_input, generator_schema, single_image,
+                               validate_prompt)
 from .runtime import generate, pack_state_dir
 
 PRIVACY = " The reference image is sent to the provider."
 
 
-def upload_cache_path() -> str:
-    return os.path.join(pack_state_dir(), "upload_cache.json")
+class CloudGeneratorNode(io.ComfyNode):
+    """The shared part of every cloud node: queue-time checks, and execute = common sockets +
+    this node's extras → the provider's backend → images + info."""
+
+    PROVIDER: ClassVar[str]
+
+    @classmethod
+    def validate_inputs(cls, prompt=None) -> bool | str:
+        return validate_prompt(prompt)
+
+    @classmethod
+    def extras(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """This node's own widgets → the backend's request extras (default: passed as they are)."""
+        return options
+
+    @classmethod
+    async def execute(cls, **inputs) -> io.NodeOutput:
+        common = [inputs.pop(name, None) for name in COMMON_INPUTS]
+        api_version = inputs.pop("api_version", None)
+        request = build_request(*common, cls.extras(inputs))
+        backend = backend_from_environment(cls.PROVIDER, api_version, pack_state_dir())
+        return io.NodeOutput(*await generate(backend, request, cls.hidden.unique_id))
 
 
-class WaveSpeedInstantCharacterNode(io.ComfyNode):
+class WaveSpeedInstantCharacterNode(CloudGeneratorNode):
+    PROVIDER = "wavespeed"
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         defaults = wavespeed_protocol.DEFAULTS
@@ -35,26 +59,15 @@ class WaveSpeedInstantCharacterNode(io.ComfyNode):
             wavespeed_protocol.LIMITS["v3"], Defaults(steps=defaults["steps"], guidance=defaults["guidance"], strength=1.0),
             "WaveSpeed has no subject-scale parameter: not sent (kept so nodes swap).",
             [
-                io.Combo.Input("api_version", options=list(wavespeed_protocol.API_VERSIONS), default="v3",
-                               tooltip="v3 takes 256–1536 px per side; v2 takes 512–1536."),
+                io.Combo.Input("api_version", options=list(wavespeed_protocol.API_VERSIONS), default="v3"),
                 io.Boolean.Input("enable_safety_checker", default=defaults["enable_safety_checker"]),
             ],
         )
 
-    @classmethod
-    def validate_inputs(cls, prompt=None) -> bool | str:
-        return validate_prompt(prompt)
 
-    @classmethod
-    async def execute(cls, reference, prompt, negative_prompt, width, height, seed, steps, guidance, num_images,
-                      strength, api_version, enable_safety_checker) -> io.NodeOutput:
-        request = build_request(reference, prompt, negative_prompt, width, height, seed, steps, guidance, num_images,
-                                strength, {"enable_safety_checker": enable_safety_checker})
-        backend = backend_from_environment("wavespeed", api_version, upload_cache_path())
-        return io.NodeOutput(*await generate(backend, request, cls.hidden.unique_id))
+class FalInstantCharacterNode(CloudGeneratorNode):
+    PROVIDER = "fal"
 
-
-class FalInstantCharacterNode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         defaults = fal_protocol.DEFAULTS
@@ -75,32 +88,22 @@ class FalInstantCharacterNode(io.ComfyNode):
             ],
         )
 
-    @classmethod
-    def validate_inputs(cls, prompt=None) -> bool | str:
-        return validate_prompt(prompt)
-
-    @classmethod
-    async def execute(cls, reference, prompt, negative_prompt, width, height, seed, steps, guidance, num_images,
-                      strength, image_size, output_format, enable_safety_checker, sync_mode) -> io.NodeOutput:
-        request = build_request(reference, prompt, negative_prompt, width, height, seed, steps, guidance, num_images,
-                                strength, {"image_size": image_size, "output_format": output_format,
-                                           "enable_safety_checker": enable_safety_checker, "sync_mode": sync_mode})
-        backend = backend_from_environment("fal", upload_cache=upload_cache_path())
-        return io.NodeOutput(*await generate(backend, request, cls.hidden.unique_id))
-
 
 CUSTOM_STYLE = "custom"
 
 
-class SegmindInstantIDNode(io.ComfyNode):
+class SegmindInstantIDNode(CloudGeneratorNode):
+    PROVIDER = "segmind"
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         defaults = segmind_protocol.DEFAULTS
+        limits = segmind_protocol.LIMITS["v1"]
         return generator_schema(
             node_id("SegmindInstantID"), "InstantID (Segmind cloud)", CATEGORY_CLOUD,
             "InstantID on Segmind (v1 blocking, or v2 queued). Key: SEGMIND_API_KEY. The result is scaled and "
             "centre-cropped to width×height." + PRIVACY,
-            segmind_protocol.LIMITS["v1"],
+            limits,
             Defaults(steps=defaults["steps"], guidance=defaults["guidance"], strength=defaults["identity_strength"]),
             "Segmind identity_strength (IdentityNet strength, 0–1).",
             [
@@ -109,7 +112,7 @@ class SegmindInstantIDNode(io.ComfyNode):
                                default=defaults["style"],
                                tooltip="Segmind allows 29 styles and names these; choose 'custom' to type another."),
                 io.String.Input("custom_style", default="", tooltip="Used when style is 'custom'."),
-                io.Float.Input("adapter_strength", default=defaults["adapter_strength"], min=0.0, max=1.0, step=0.05),
+                float_input("adapter_strength", limits.extras["adapter_strength"], defaults["adapter_strength"]),
                 io.Boolean.Input("enhance_face_region", default=defaults["enhance_face_region"]),
                 io.Image.Input("pose_image", optional=True, tooltip="Optional: the pose (and size) to follow."),
             ],
@@ -122,19 +125,14 @@ class SegmindInstantIDNode(io.ComfyNode):
         return validate_prompt(prompt)
 
     @classmethod
-    async def execute(cls, reference, prompt, negative_prompt, width, height, seed, steps, guidance, num_images,
-                      strength, api_version, style, custom_style, adapter_strength, enhance_face_region,
-                      pose_image=None) -> io.NodeOutput:
-        extras = {
-            "style": custom_style.strip() if style == CUSTOM_STYLE else style,
-            "adapter_strength": adapter_strength,
-            "enhance_face_region": enhance_face_region,
+    def extras(cls, options: dict[str, Any]) -> dict[str, Any]:
+        pose_image = options.get("pose_image")
+        return {
+            "style": options["custom_style"].strip() if options["style"] == CUSTOM_STYLE else options["style"],
+            "adapter_strength": options["adapter_strength"],
+            "enhance_face_region": options["enhance_face_region"],
             "pose_image": single_image(pose_image, "pose_image") if pose_image is not None else None,
         }
-        request = build_request(reference, prompt, negative_prompt, width, height, seed, steps, guidance, num_images,
-                                strength, extras)
-        backend = backend_from_environment("segmind", api_version, upload_cache_path())
-        return io.NodeOutput(*await generate(backend, request, cls.hidden.unique_id))
 
 
 CLOUD_NODES = [WaveSpeedInstantCharacterNode, FalInstantCharacterNode, SegmindInstantIDNode]

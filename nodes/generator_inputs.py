@@ -9,7 +9,11 @@ from typing import Any
 from comfy_api.latest import io
 
 from ..pipelines import GenerationRequest, ImageShapeError, flatten_to_rgb, image_batch_to_pil
-from ..pipelines.contract import BackendLimits
+from ..pipelines.contract import BackendLimits, NumberRange
+
+# The shared sockets, in order; every image-producing node starts with exactly these.
+COMMON_INPUTS = ("reference", "prompt", "negative_prompt", "width", "height", "seed", "steps", "guidance",
+                 "num_images", "strength")
 
 
 @dataclass(frozen=True)
@@ -22,27 +26,30 @@ class Defaults:
     size_step: int = 8
 
 
+def float_input(name: str, spec: NumberRange, default: float, step: float = 0.05, **options) -> io.Float.Input:
+    """A float widget whose range is the backend's declared range (never restated by hand)."""
+    return io.Float.Input(name, default=default, min=spec.minimum, max=spec.maximum, step=step, **options)
+
+
+def int_input(name: str, spec: NumberRange, default: int, **options) -> io.Int.Input:
+    return io.Int.Input(name, default=default, min=int(spec.minimum), max=int(spec.maximum), **options)
+
+
 def common_inputs(limits: BackendLimits, defaults: Defaults, strength_tooltip: str) -> list[io.Input]:
     return [
         io.Image.Input("reference", tooltip="The character or face to keep (one image)."),
         io.String.Input("prompt", multiline=True, default="", tooltip="What the new image shows."),
         io.String.Input("negative_prompt", multiline=True, default="", tooltip="What to avoid."),
-        io.Int.Input("width", default=defaults.width, min=int(limits.width.minimum), max=int(limits.width.maximum),
-                     step=defaults.size_step),
-        io.Int.Input("height", default=defaults.height, min=int(limits.height.minimum),
-                     max=int(limits.height.maximum), step=defaults.size_step),
-        io.Int.Input("seed", default=0, min=int(limits.seed.minimum), max=int(limits.seed.maximum),
-                     control_after_generate=True,
-                     tooltip="Same seed + same inputs = same image." + (
-                         " -1 lets the provider pick one (the info output reports it when the provider does)."
-                         if limits.seed.minimum < 0 else "")),
-        io.Int.Input("steps", default=defaults.steps, min=int(limits.steps.minimum), max=int(limits.steps.maximum)),
-        io.Float.Input("guidance", default=defaults.guidance, min=limits.guidance.minimum,
-                       max=limits.guidance.maximum, step=0.1),
-        io.Int.Input("num_images", default=1, min=int(limits.num_images.minimum),
-                     max=int(limits.num_images.maximum)),
-        io.Float.Input("strength", default=defaults.strength, min=limits.identity_strength.minimum,
-                       max=limits.identity_strength.maximum, step=0.05, tooltip=strength_tooltip),
+        int_input("width", limits.width, defaults.width, step=defaults.size_step),
+        int_input("height", limits.height, defaults.height, step=defaults.size_step),
+        int_input("seed", limits.seed, 0, control_after_generate=True,
+                  tooltip="Same seed + same inputs = same image." + (
+                      " -1 lets the provider pick one (the info output reports it when the provider does)."
+                      if limits.seed.minimum < 0 else "")),
+        int_input("steps", limits.steps, defaults.steps),
+        float_input("guidance", limits.guidance, defaults.guidance, step=0.1),
+        int_input("num_images", limits.num_images, 1),
+        float_input("strength", limits.identity_strength, defaults.strength, tooltip=strength_tooltip),
     ]
 
 

@@ -22,6 +22,7 @@ class ComfyRunContext:
     def __init__(self, node_id: str | None):
         self.node_id = node_id
         self.bar: comfy.utils.ProgressBar | None = None
+        self.cancel_seen = False
 
     def report_status(self, text: str) -> None:
         from server import PromptServer      # ComfyUI's server module, present whenever nodes run
@@ -35,10 +36,12 @@ class ComfyRunContext:
         try:
             self.bar.update_absolute(done, total)
         except comfy.model_management.InterruptProcessingException:
-            pass     # the backend sees the same flag through interrupted() and stops cleanly
+            # ComfyUI's progress hook clears its interrupt flag before raising this, so the Cancel
+            # must be remembered here or it is lost (and a billable submit would go out next)
+            self.cancel_seen = True
 
     def interrupted(self) -> bool:
-        return comfy.model_management.processing_interrupted()
+        return self.cancel_seen or comfy.model_management.processing_interrupted()
 
 
 def pack_state_dir() -> str:

@@ -35,9 +35,9 @@ def request(**changes) -> GenerationRequest:
     return dataclasses.replace(base, **changes)
 
 
-def settings(emulator, keys=None, uploads=None, timeouts=FAST, base_url=None) -> CloudSettings:
+def settings(emulator, keys=None, uploads=None, timeouts=FAST, base_url=None, extra_urls=None) -> CloudSettings:
     return CloudSettings(base_url=base_url or emulator.url, keys=KeySource(dict(TEST_KEYS if keys is None else keys)),
-                         uploads=uploads or UploadCache(), timeouts=timeouts)
+                         uploads=uploads or UploadCache(), timeouts=timeouts, extra_urls=extra_urls or {})
 
 
 def wavespeed(emulator, version="v3", **kw) -> WaveSpeedInstantCharacter:
@@ -45,7 +45,8 @@ def wavespeed(emulator, version="v3", **kw) -> WaveSpeedInstantCharacter:
 
 
 def fal(emulator, **kw) -> FalInstantCharacter:
-    return FalInstantCharacter(settings(emulator, base_url=emulator.queue_url, **kw), rest_url=emulator.rest_url)
+    return FalInstantCharacter(settings(emulator, base_url=emulator.queue_url, extra_urls={"rest": emulator.rest_url},
+                                        **kw))
 
 
 def segmind(emulator, version="v1", **kw) -> SegmindInstantID:

@@ -97,6 +97,6 @@ def test_settings_follow_the_environment():
     assert settings_from_environment(WaveSpeedInstantCharacter, environ={}).base_url == "https://api.wavespeed.ai"
     assert settings_from_environment(FalInstantCharacter, environ={}).base_url == "https://queue.fal.run"
     fal = backend_from_environment("fal", environ={"FAL_REST_URL": "http://r/"})
-    assert fal.rest_url == "http://r" and backend_from_environment("fal", environ={}).rest_url == "https://rest.fal.ai"
+    assert fal.url("rest") == "http://r" and backend_from_environment("fal", environ={}).url("rest") == "https://rest.fal.ai"
     assert backend_from_environment("wavespeed", "v2", environ={}).limits.backend.endswith("(v2)")
     assert backend_from_environment("segmind", environ={}).api_version == "v1"

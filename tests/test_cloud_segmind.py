@@ -12,6 +12,13 @@ from pipelines import RequestValidationError
 from pipelines.cloud import ProviderError
 
 
+def from_data_uri(uri: str) -> Image.Image:
+    """The face and pose images travel as data: URIs (Segmind documents them as URIs)."""
+    header, _, payload = uri.partition(",")
+    assert header in ("data:image/png;base64", "data:image/jpeg;base64"), header
+    return Image.open(io.BytesIO(base64.b64decode(payload, validate=True)))
+
+
 def segmind_request(**changes):
     return request(**{"steps": 10, "guidance": 5.0, "identity_strength": 0.8, "width": 512, "height": 768, **changes})
 
@@ -23,9 +30,9 @@ def test_v1_sends_every_documented_field_inline_and_fits_the_image_to_the_reques
                                   "pose_image": pose})
     result = run(segmind(segmind_emulator), req)
     [sent] = segmind_emulator.submissions
-    face = Image.open(io.BytesIO(base64.b64decode(sent["face_image"])))
+    face = from_data_uri(sent["face_image"])
     assert face.size == (96, 128) and face.getpixel((0, 0)) == (200, 40, 60)
-    assert Image.open(io.BytesIO(base64.b64decode(sent["pose_image"]))).size == (200, 100)
+    assert from_data_uri(sent["pose_image"]).size == (200, 100)
     assert {k: v for k, v in sent.items() if k not in ("face_image", "pose_image")} == {
         "prompt": req.prompt, "negative_prompt": "lowquality", "style": "Watercolor", "samples": 1,
         "num_inference_steps": 10, "guidance_scale": 5.0, "seed": 42, "identity_strength": 0.8,
@@ -107,5 +114,5 @@ def test_segmind_ranges_are_checked_before_anything_is_sent(segmind_emulator):
 
 def test_a_large_reference_is_downscaled_before_it_is_inlined(segmind_emulator):
     run(segmind(segmind_emulator), segmind_request(reference=reference(size=(3000, 2000))))
-    face = Image.open(io.BytesIO(base64.b64decode(segmind_emulator.submissions[0]["face_image"])))
+    face = from_data_uri(segmind_emulator.submissions[0]["face_image"])
     assert face.size == (1536, 1024)

@@ -104,6 +104,23 @@ def test_four_cloud_nodes_in_one_prompt_run_at_the_same_time(comfyui, emulator_s
     assert max(job["created"] for job in jobs) < min(job["done_seen"] for job in jobs)
 
 
+def test_a_fourth_wavespeed_node_waits_for_a_free_job_slot(comfyui, emulator_servers, reference_name):
+    """WaveSpeed's default tier runs 3 tasks at once; the pack's default limit keeps to that."""
+    wavespeed = emulator_servers["wavespeed"]
+    wavespeed.reset()
+    wavespeed.processing_s = 1.0
+    nodes = {str(index): cloud_node("CharIDWaveSpeedInstantCharacter", seed=500 + index) for index in range(2, 6)}
+    entry = comfyui.run(graph(reference_name, nodes, save=False))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    jobs = list(wavespeed.jobs.values())
+    assert len(jobs) == 4
+
+    def running_at(moment):
+        return sum(job["created"] <= moment < job["done_seen"] for job in jobs)
+
+    assert max(running_at(job["created"]) for job in jobs) == 3
+
+
 def test_cancel_stops_the_node_and_cancels_the_job_at_fal(comfyui, emulator_servers, reference_name):
     fal = emulator_servers["fal"]
     fal.reset()
@@ -121,6 +138,27 @@ def test_cancel_stops_the_node_and_cancels_the_job_at_fal(comfyui, emulator_serv
     assert "execution_interrupted" in kinds and entry["status"]["status_str"] == "error"
     assert fal.cancelled == list(fal.jobs)
     assert stopped - asked < 3.0         # Cancel lands within 1.5 s; the rest is /history polling slack
+
+
+@pytest.mark.parametrize("provider", ["fal", "wavespeed"])
+def test_a_cancel_landing_just_before_a_progress_update_stops_the_node_before_any_submit(
+        comfyui, emulator_servers, reference_name, provider):
+    """ComfyUI's progress hook clears the interrupt flag before it raises: the node must remember that
+    Cancel, or it sends the billable submit next. The emulator presses Cancel while answering the
+    upload, so the Cancel lands between the upload and the progress update that follows it."""
+    emulator = emulator_servers[provider]
+    emulator.reset()
+    emulator.faults.add("upload", "callback", callback=lambda: comfyui.post_json("/interrupt", {}))
+    # a reference of its own, so no earlier upload is re-used: the upload must happen in this run
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (17, 99, 3) if provider == "fal" else (3, 99, 17)).save(buffer, "PNG")
+    name = comfyui.upload_image(buffer.getvalue(), f"cancel_reference_{provider}.png")
+    class_type = {"fal": "CharIDFalInstantCharacter", "wavespeed": "CharIDWaveSpeedInstantCharacter"}[provider]
+    entry = comfyui.run(graph(name, {"2": cloud_node(class_type, seed=606)}), timeout=60)
+    kinds = [kind for kind, _ in entry["status"]["messages"]]
+    assert "execution_interrupted" in kinds, entry["status"]
+    assert emulator.counts["upload"] == 1 and emulator.counts["fault:upload:callback"] == 1
+    assert emulator.counts["submit_attempt"] == 0, "the job was submitted (and billed) after Cancel"
 
 
 def test_a_missing_key_fails_before_any_upload_and_names_the_variable(comfyui, emulator_servers, reference_name):
@@ -146,9 +184,12 @@ def test_bad_values_are_refused_before_any_credit_is_spent(comfyui, emulator_ser
     status, body = comfyui.post_json("/prompt", {"prompt": graph(reference_name, {
         "2": cloud_node("CharIDFalInstantCharacter", steps=80)})})
     assert status == 400 and body["node_errors"]["2"]["errors"][0]["type"] == "value_bigger_than_max"
+    status, body = comfyui.post_json("/prompt", {"prompt": graph(reference_name, {
+        "2": cloud_node("CharIDWaveSpeedInstantCharacter", width=256)})})
+    assert status == 400 and body["node_errors"]["2"]["errors"][0]["type"] == "value_smaller_than_min"
     entry = comfyui.run(graph(reference_name, {
-        "2": cloud_node("CharIDWaveSpeedInstantCharacter", api_version="v2", width=256)}))
-    assert "WaveSpeed InstantCharacter (v2): width = 256 is not allowed; allowed range is 512–1536" in error_message(entry)
+        "2": cloud_node("CharIDWaveSpeedInstantCharacter", api_version="v2", prompt="x" * 10_001)}))
+    assert "WaveSpeed InstantCharacter (v2): prompt length = 10001 is not allowed" in error_message(entry)
     batch = graph(reference_name, {"2": cloud_node("CharIDSegmindInstantID")})
     batch["9"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 2}}
     batch["2"]["inputs"]["reference"] = ["9", 0]
@@ -166,15 +207,21 @@ FAULT_MATRIX = [
     ("CharIDFalInstantCharacter", "fal", "submit", "status", {"status": 429, "headers": {"Retry-After": "1"}}, True),
     ("CharIDWaveSpeedInstantCharacter", "wavespeed", "poll", "status", {"status": 503}, True),
     ("CharIDSegmindInstantID", "segmind", "submit", "reset", {}, False),
-    ("CharIDFalInstantCharacter", "fal", "poll", "reset", {}, True),
+    ("CharIDFalInstantCharacter", "fal", "stream", "reset", {}, True),
+    ("CharIDFalInstantCharacter", "fal", "stream", "status", {"status": 502}, True),
     ("CharIDWaveSpeedInstantCharacter", "wavespeed", "submit", "hang", {}, False),
-    ("CharIDFalInstantCharacter", "fal", "poll", "hang", {}, True),
+    ("CharIDFalInstantCharacter", "fal", "result", "hang", {}, True),
     ("CharIDWaveSpeedInstantCharacter", "wavespeed", "poll", "malformed", {}, True),
     ("CharIDFalInstantCharacter", "fal", "submit", "malformed", {}, False),
     ("CharIDWaveSpeedInstantCharacter", "wavespeed", "job", "failed", {}, False),
     ("CharIDFalInstantCharacter", "fal", "job", "nsfw", {}, True),
     ("CharIDSegmindInstantID", "segmind", "download", "truncate", {}, True),
     ("CharIDWaveSpeedInstantCharacter", "wavespeed", "download", "short_image", {"times": 10}, False),
+    ("CharIDWaveSpeedInstantCharacter", "wavespeed", "submit", "lose_answer", {}, False),
+    ("CharIDSegmindInstantID", "segmind", "submit", "lose_answer", {}, False),
+    ("CharIDSegmindInstantID", "segmind", "submit", "recode", {"status": 201}, True),
+    ("CharIDWaveSpeedInstantCharacter", "wavespeed", "poll", "recode", {"status": 202}, True),
+    ("CharIDFalInstantCharacter", "fal", "result", "status", {"status": 503, "headers": {"Retry-After": "soon"}}, True),
 ]
 
 
@@ -184,11 +231,14 @@ def test_fault_matrix_ends_in_recovery_or_a_clear_error_without_double_submit(
         comfyui, emulator_servers, reference_name, class_type, emulator_name, phase, kind, options, succeeds):
     emulator = emulator_servers[emulator_name]
     emulator.reset()
-    times = options.pop("times", 1) if "times" in options else 1
+    # a seed per row: identical consecutive prompts would be answered from ComfyUI's cache
+    seed = 1000 + [row[1:5] for row in FAULT_MATRIX].index((emulator_name, phase, kind, options))
+    options = dict(options)
+    times = options.pop("times", 1)
     emulator.faults.add(phase, kind, times=times, **{k: v for k, v in options.items()})
     extra = {"api_version": "v2"} if emulator_name == "segmind" and phase == "download" else {}
     started = time.monotonic()
-    entry = comfyui.run(graph(reference_name, {"2": cloud_node(class_type, seed=99, **extra)}), timeout=90)
+    entry = comfyui.run(graph(reference_name, {"2": cloud_node(class_type, seed=seed, **extra)}), timeout=90)
     assert time.monotonic() - started < 60
     accepted = emulator.counts["submit"]
     assert accepted <= 1, "a billable job was submitted twice"
@@ -201,6 +251,8 @@ def test_fault_matrix_ends_in_recovery_or_a_clear_error_without_double_submit(
         message = error_message(entry)
         assert emulator.provider in message.lower() or "instant" in message.lower()
         assert "Traceback" not in message and len(message) < 2000
+        if kind == "lose_answer":               # the job exists: say so, never submit again
+            assert accepted == 1 and "The job may exist at the provider" in message
 
 
 def test_fifty_queued_prompts_with_four_cloud_nodes_lose_no_image(comfyui, emulator_servers, reference_name):
@@ -282,11 +334,17 @@ def test_no_key_reaches_any_channel(comfyui, emulator_servers, reference_name, t
     workflow = {"nodes": [{"type": "CharIDFalInstantCharacter", "widgets_values": ["a knight"]}]}
     emulator_servers["wavespeed"].faults.add("submit", "status", status=401,
                                              body={"code": 401, "message": f"bad key {TEST_KEYS['WAVESPEED_API_KEY']}"})
-    emulator_servers["fal"].faults.add("poll", "status", status=403,
+    emulator_servers["fal"].faults.add("stream", "status", status=403,
                                        body={"detail": f"key {TEST_KEYS['FAL_KEY']} revoked"})
+    # an HTTP 200 envelope carrying an error code and the key, and a failed job's text with the key
+    emulator_servers["wavespeed"].faults.add("poll", "status", status=200, body={
+        "code": 401, "message": f"token {TEST_KEYS['WAVESPEED_API_KEY']} expired", "data": None})
+    emulator_servers["segmind"].faults.add("job", "failed", body=f"bad header x-api-key={TEST_KEYS['SEGMIND_API_KEY']}")
     prompts = [
         graph(reference_name, {"2": cloud_node("CharIDWaveSpeedInstantCharacter", seed=11)}),   # 401 echoing the key
         graph(reference_name, {"2": cloud_node("CharIDFalInstantCharacter", seed=12)}),          # 403 echoing the key
+        graph(reference_name, {"2": cloud_node("CharIDWaveSpeedInstantCharacter", seed=16)}),   # 200 envelope, key
+        graph(reference_name, {"2": cloud_node("CharIDSegmindInstantID", seed=17)}),            # failed job, key
         graph(reference_name, {"2": cloud_node("CharIDWaveSpeedInstantCharacter", seed=13),
                                "3": cloud_node("CharIDFalInstantCharacter", seed=14),
                                "4": cloud_node("CharIDSegmindInstantID", seed=15)}),
@@ -311,9 +369,11 @@ def test_no_key_reaches_any_channel(comfyui, emulator_servers, reference_name, t
 
     frames = asyncio.run(asyncio.wait_for(run_all(), 120))
     history = comfyui.get_json("/history")
-    entries = list(history.values())[-3:]
-    assert [entry["status"]["status_str"] for entry in entries] == ["error", "error", "success"]
+    entries = list(history.values())[-5:]
+    assert [entry["status"]["status_str"] for entry in entries] == ["error", "error", "error", "error", "success"]
     assert "bad key ***" in error_message(entries[0]) and "key *** revoked" in error_message(entries[1])
+    assert "(provider code 401): token *** expired" in error_message(entries[2])
+    assert "x-api-key=***" in error_message(entries[3])
 
     pngs = []
     for entry in entries:

@@ -1,4 +1,7 @@
-"""Cloud backends: WaveSpeed InstantCharacter, fal InstantCharacter, Segmind InstantID."""
+"""Cloud backends: WaveSpeed InstantCharacter, fal InstantCharacter, Segmind InstantID.
+
+A new provider is one file implementing `CloudBackend` plus one entry in `PROVIDERS`.
+"""
 from __future__ import annotations
 
 import os
@@ -9,12 +12,15 @@ from .base import CloudBackend, CloudSettings
 from .fal import FalInstantCharacter
 from .keys import KeySource
 from .segmind import SegmindInstantID
+from .slots import JobSlots
 from .transport import MissingKeyError, ProviderError, Timeouts
 from .uploads import UploadCache
 from .wavespeed import WaveSpeedInstantCharacter
 
+PROVIDERS: dict[str, type[CloudBackend]] = {
+    backend.provider: backend for backend in (WaveSpeedInstantCharacter, FalInstantCharacter, SegmindInstantID)
+}
 REQUEST_TIMEOUT_ENV = "CHARACTER_IDENTITY_REQUEST_TIMEOUT"
-JOB_TIMEOUT_ENV = "CHARACTER_IDENTITY_JOB_TIMEOUT"
 
 
 def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
@@ -25,34 +31,44 @@ def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
     return value if value > 0 else default
 
 
-def settings_from_environment(backend: type[CloudBackend], upload_cache: Path | None = None,
+def max_jobs_env(backend: type[CloudBackend]) -> str:
+    return f"CHARACTER_IDENTITY_MAX_JOBS_{backend.provider.upper()}"
+
+
+def settings_from_environment(backend: type[CloudBackend], state_dir: Path | str | None = None,
                               environ: Mapping[str, str] | None = None) -> CloudSettings:
-    """Base URL (e.g. WAVESPEED_BASE_URL), keys and timeouts as the environment says, read per call."""
+    """Base URLs (e.g. WAVESPEED_BASE_URL), keys, timeouts and the job limit as the environment says,
+    read per call. `state_dir` holds the upload cache and the job slots (none: in memory, no limit)."""
     environ = os.environ if environ is None else environ
     defaults = Timeouts()
     request = _seconds(environ, REQUEST_TIMEOUT_ENV, defaults.request)
     timeouts = Timeouts(connect=defaults.connect, request=request, transfer=3 * request,
-                        job=_seconds(environ, JOB_TIMEOUT_ENV, defaults.job))
+                        job=_seconds(environ, backend.timeout_envs["job"], defaults.job),
+                        queue=_seconds(environ, backend.timeout_envs["queue"], defaults.queue))
+    slots = None
+    if state_dir is not None:
+        try:
+            limit = int(environ.get(max_jobs_env(backend), backend.default_max_jobs))
+        except ValueError:
+            limit = backend.default_max_jobs
+        slots = JobSlots(Path(state_dir) / "job_slots", max(0, limit))
     return CloudSettings(base_url=backend.base_url_from(environ), keys=KeySource(environ),
-                         uploads=UploadCache(upload_cache), timeouts=timeouts)
+                         uploads=UploadCache(Path(state_dir) / "upload_cache.json" if state_dir else None),
+                         timeouts=timeouts, extra_urls=backend.extra_urls_from(environ), slots=slots)
 
 
-def backend_from_environment(provider: str, api_version: str | None = None, upload_cache: Path | None = None,
+def backend_from_environment(provider: str, api_version: str | None = None, state_dir: Path | str | None = None,
                              environ: Mapping[str, str] | None = None) -> CloudBackend:
-    """The backend for "wavespeed", "fal" or "segmind", configured from the environment."""
-    environ = os.environ if environ is None else environ
-    if provider == "wavespeed":
-        return WaveSpeedInstantCharacter(settings_from_environment(WaveSpeedInstantCharacter, upload_cache, environ),
-                                         api_version or "v3")
-    if provider == "fal":
-        rest_url = environ.get(FalInstantCharacter.rest_url_env) or FalInstantCharacter.default_rest_url
-        return FalInstantCharacter(settings_from_environment(FalInstantCharacter, upload_cache, environ), rest_url)
-    if provider == "segmind":
-        return SegmindInstantID(settings_from_environment(SegmindInstantID, upload_cache, environ), api_version or "v1")
-    raise ValueError(f"unknown cloud provider {provider!r}")
+    """The backend registered as `provider` ("wavespeed", "fal", "segmind"), configured from the environment."""
+    try:
+        backend = PROVIDERS[provider]
+    except KeyError:
+        raise ValueError(f"unknown cloud provider {provider!r}; known: {', '.join(PROVIDERS)}") from None
+    return backend(settings_from_environment(backend, state_dir, environ), api_version)
 
 
 __all__ = [
-    "CloudBackend", "CloudSettings", "FalInstantCharacter", "KeySource", "MissingKeyError", "ProviderError",
-    "SegmindInstantID", "Timeouts", "UploadCache", "WaveSpeedInstantCharacter", "backend_from_environment", "settings_from_environment",
+    "PROVIDERS", "CloudBackend", "JobSlots", "CloudSettings", "FalInstantCharacter", "KeySource", "MissingKeyError",
+    "ProviderError", "SegmindInstantID", "Timeouts", "UploadCache", "WaveSpeedInstantCharacter",
+    "backend_from_environment", "settings_from_environment",
 ]

@@ -4,26 +4,32 @@
     upload   POST {base_url}/files/upload  raw bytes, Authorization: <token_type> <token>  -> access_url
              (if the CDN upload fails, the image goes inline as a data URI instead)
     submit   POST {queue}/fal-ai/instant-character   -> request_id, status_url, response_url, cancel_url
-    status   GET  {status_url}?logs=1   -> IN_QUEUE (queue_position) | IN_PROGRESS (logs) | COMPLETED
+    status   GET  {status_url}/stream?logs=1   server-sent events, one status object per `data:` line,
+             closed after COMPLETED, a keep-alive comment every 15 s; when the stream is not offered
+             or breaks: GET {status_url}?logs=1 on the polling schedule
+             -> IN_QUEUE (queue_position) | IN_PROGRESS (logs) | COMPLETED
+             (HTTP 202 while queued or running, 200 when completed: every 2xx is an answer)
     result   GET  {response_url}        -> images[].url, seed, has_nsfw_concepts, timings
-    cancel   PUT  {cancel_url}          (sent when the user presses Cancel in ComfyUI)
+    cancel   PUT  {cancel_url}          (sent on every failed exit after a submit: Cancel, timeout, error)
     auth     Authorization: Key <FAL_KEY>   (FAL_KEY may be "key_id:key_secret")
 
 A COMPLETED status that carries an `error` is a failure. Uploads are asked to expire after one
-day (X-Fal-Object-Lifecycle-Preference); the pack re-uses an upload for 20 hours.
+day (X-Fal-Object-Lifecycle-Preference); the pack re-uses an upload for 20 hours. The key goes
+only to the configured queue and REST hosts; the CDN gets the short-lived upload token.
 """
 from __future__ import annotations
 
 import asyncio
-import base64
+import contextlib
 import json
-import time
+from typing import AsyncIterator
 
-from ..contract import BackendLimits, Choice, Flag, GenerationInterrupted, GenerationRequest, NumberRange, RunContext
-from .base import (STAGE_DOWNLOADED, STAGE_FINISHED, STAGE_SUBMITTED, STAGE_UPLOADED, STAGES, CloudBackend,
-                   CloudOutcome, encode_reference, image_mime)
-from .transport import CloudCall, ProviderError, Response
-from .uploads import content_key
+import aiohttp
+
+from ..contract import BackendLimits, Choice, Flag, GenerationRequest, NumberRange
+from .answers import AnswerError, as_object, flags, integer, number, text
+from .base import DONE, QUEUED, RUNNING, CloudBackend, EncodedReference, JobResult, JobStatus, Submitted, Uploaded, data_uri
+from .transport import RETRYABLE_STATUS, CloudCall, ProviderError, Response
 
 MODEL_PATH = "fal-ai/instant-character"
 UPLOAD_LIFETIME_S = 24 * 3600
@@ -59,23 +65,28 @@ LIMITS = BackendLimits(
 )
 DEFAULTS = {"steps": 28, "guidance": 3.5, "num_images": 1, "identity_strength": 1.0, "image_size": CUSTOM_SIZE,
             "output_format": "jpeg", "sync_mode": False, "enable_safety_checker": True}
+STATES = {"IN_QUEUE": QUEUED, "IN_PROGRESS": RUNNING, "COMPLETED": DONE}
+# fal sends a keep-alive comment every 15 s on the status stream; twice that in silence means it broke
+STREAM_IDLE_S = 30.0
+# the stream is not offered, or failed for a passing reason: follow the job by polling instead
+STREAM_FALLBACK_STATUS = RETRYABLE_STATUS | {404, 405, 501}
 
 
 class FalInstantCharacter(CloudBackend):
     name = "fal InstantCharacter"
+    provider = "fal"
     key_env = "FAL_KEY"
     base_url_env = "FAL_QUEUE_URL"
     default_base_url = "https://queue.fal.run"
-    rest_url_env = "FAL_REST_URL"
-    default_rest_url = "https://rest.fal.ai"
-
-    def __init__(self, settings, rest_url: str = default_rest_url):
-        super().__init__(settings)
-        self.rest_url = rest_url.rstrip("/")
+    extra_url_envs = {"rest": ("FAL_REST_URL", "https://rest.fal.ai")}
+    stores_uploads = True
 
     @property
     def limits(self) -> BackendLimits:
         return LIMITS
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"Authorization": f"Key {key}"}
 
     def describe_error(self, response: Response) -> str:
         try:
@@ -93,34 +104,34 @@ class FalInstantCharacter(CloudBackend):
         preset = request.extras.get("image_size", CUSTOM_SIZE)
         return IMAGE_SIZE_PRESETS.get(preset, (request.width, request.height))
 
-    async def _upload(self, http: CloudCall, key: str, request: GenerationRequest) -> tuple[str, str]:
-        """→ (image_url, how): the CDN URL, or a data URI when the CDN upload is not possible."""
-        data = encode_reference(request.reference, self.max_reference_side)
-        mime = image_mime(data)
-        cache_key = content_key("fal", self.rest_url, data)
-        cached = self.settings.uploads.get(cache_key)
-        if cached:
-            return cached, "cached"
+    def upload_cache_scope(self) -> str:
+        return self.url("rest")
+
+    async def upload(self, http: CloudCall, reference: EncodedReference) -> Uploaded:
+        """The CDN URL, or a data URI when the CDN upload is not possible (the job still runs)."""
         try:
-            token, _ = await http.json(
-                "POST", f"{self.rest_url}/storage/auth/token?storage_type=fal-cdn-v3", "getting an upload token",
-                headers={"Authorization": f"Key {key}"}, json={})
+            body, _ = await http.json("POST", f"{self.url('rest')}/storage/auth/token?storage_type=fal-cdn-v3",
+                                      "getting an upload token", json={})
+            token = as_object(body, "the upload token answer")
+            cdn = text(token, "base_url").rstrip("/")
             uploaded, _ = await http.json(
-                "POST", f"{token['base_url'].rstrip('/')}/files/upload", "uploading the reference",
-                headers={"Authorization": f"{token.get('token_type', 'Bearer')} {token['token']}",
-                         "Content-Type": mime, "X-Fal-File-Name": "reference." + mime.split("/")[-1],
+                "POST", f"{cdn}/files/upload", "uploading the reference", authenticated=False,
+                headers={"Authorization": f"{text(token, 'token_type', 'Bearer')} {text(token, 'token')}",
+                         "Content-Type": reference.mime, "X-Fal-File-Name": f"reference.{reference.extension}",
                          "X-Fal-Object-Lifecycle-Preference": json.dumps(
                              {"expiration_duration_seconds": UPLOAD_LIFETIME_S})},
-                data=data, timeout_s=http.timeouts.transfer)
-            url = uploaded["access_url"]
+                data=reference.data, timeout_s=http.timeouts.transfer)
+            return Uploaded(text(as_object(uploaded, "the upload answer"), "access_url"), UPLOAD_KEEP_S)
         except ProviderError as exc:
             if exc.status in (401, 403):
                 raise                                   # a bad key fails the submit too: say so now
-            return f"data:{mime};base64,{base64.b64encode(data).decode()}", "inline (CDN upload failed)"
-        except (KeyError, TypeError):
-            return f"data:{mime};base64,{base64.b64encode(data).decode()}", "inline (CDN answer unusable)"
-        self.settings.uploads.put(cache_key, url, UPLOAD_KEEP_S)
-        return url, "uploaded"
+            return Uploaded(data_uri(reference), None, "inline (CDN upload failed)")
+        except AnswerError:
+            return Uploaded(data_uri(reference), None, "inline (CDN answer unusable)")
+
+    def reference_rejected(self, error: ProviderError) -> bool:
+        # fal validation errors name the field: "image_url: could not load the image"
+        return error.status in (400, 404, 410, 422) and "image_url" in (error.detail or "")
 
     def _payload(self, request: GenerationRequest, image_url: str) -> dict:
         extras = {**DEFAULTS, **{k: v for k, v in request.extras.items() if v is not None}}
@@ -142,96 +153,90 @@ class FalInstantCharacter(CloudBackend):
             payload["seed"] = request.seed
         return payload
 
-    async def _call(self, http: CloudCall, key: str, request: GenerationRequest, context: RunContext) -> CloudOutcome:
-        headers = {"Authorization": f"Key {key}"}
-        timings: dict[str, float] = {}
-        clock = time.monotonic()
-        context.report_status(f"{self.name}: uploading the reference")
-        image_url, upload = await self._upload(http, key, request)
-        timings["upload"] = time.monotonic() - clock
-        context.report_progress(STAGE_UPLOADED, STAGES)
-
-        clock = time.monotonic()
-        context.report_status(f"{self.name}: submitting")
+    async def submit(self, http: CloudCall, request: GenerationRequest, image_url: str) -> Submitted:
         queue_url = f"{self.settings.base_url}/{MODEL_PATH}"
-        submitted, _ = await http.json("POST", queue_url, "submitting the job", billable=True, headers=headers,
-                                       json=self._payload(request, image_url))
-        job_id = submitted.get("request_id") if isinstance(submitted, dict) else None
-        if not job_id:
-            raise ProviderError(self.name, "submitting the job", detail="no request_id in the answer")
+        body, _ = await http.json("POST", queue_url, "submitting the job", billable=True,
+                                  json=self._payload(request, image_url))
+        answer = as_object(body, "the submit answer")
+        job_id = text(answer, "request_id")
         requests_url = f"{queue_url}/requests/{job_id}"
-        status_url = submitted.get("status_url") or f"{requests_url}/status"
-        response_url = submitted.get("response_url") or requests_url
-        cancel_url = submitted.get("cancel_url") or f"{requests_url}/cancel"
-        timings["submit"] = time.monotonic() - clock
-        context.report_progress(STAGE_SUBMITTED, STAGES)
+        return Submitted(job_id, status_url=text(answer, "status_url", f"{requests_url}/status"),
+                         result_url=text(answer, "response_url", requests_url),
+                         cancel_url=text(answer, "cancel_url", f"{requests_url}/cancel"))
 
-        logs: list[str] = []
+    async def watch(self, http: CloudCall, job: Submitted) -> AsyncIterator[JobStatus]:
+        """fal's status stream (server-sent events), so a finished job is seen at once; polling
+        when the stream is not offered (404/405), breaks or stays silent past fal's keep-alives."""
+        last: JobStatus | None = None
+        stream = http.events(self._with_logs(f"{job.status_url}/stream"), "watching the job", job.job_id,
+                             idle_s=STREAM_IDLE_S)
         try:
-            queue_s = await self._wait(http, headers, status_url, job_id, context, logs)
-            result, _ = await http.json("GET", response_url, "fetching the result", headers=headers, job_id=job_id)
-        except BaseException as exc:
-            # Cancel in ComfyUI (or the task being torn down) also cancels the job at fal
-            if isinstance(exc, (GenerationInterrupted, asyncio.CancelledError)) or context.interrupted():
-                status = await http.best_effort("PUT", cancel_url, headers=headers)
-                context.report_status(f"{self.name}: cancelled (provider answered {status or 'nothing'})")
-            raise
-        timings["queue"] = queue_s
-        timings["wait"] = time.monotonic() - clock - timings["submit"]
-        if isinstance(result, dict) and isinstance(result.get("timings"), dict):
-            inference = result["timings"].get("inference")
-            if isinstance(inference, (int, float)):
-                timings["inference"] = float(inference)
-        context.report_progress(STAGE_FINISHED, STAGES)
+            async with contextlib.aclosing(stream):
+                async for data in stream:
+                    if data is None:                          # keep-alive: nothing new, budgets still apply
+                        if last is not None:
+                            yield last
+                        continue
+                    try:
+                        body = json.loads(data)
+                    except ValueError:
+                        raise AnswerError("a status event is not JSON") from None
+                    last = self._status(body, job)
+                    yield last
+                    if last.phase == DONE:
+                        return
+        except ProviderError as exc:
+            if exc.status not in STREAM_FALLBACK_STATUS:    # e.g. 401: polling would fail the same way
+                raise
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
+            pass
+        async for status in super().watch(http, job):
+            yield status
 
-        entries = result.get("images") if isinstance(result, dict) else None
-        if not entries:
-            raise ProviderError(self.name, "the job finished without images", job_id=job_id)
-        urls = [entry.get("url") if isinstance(entry, dict) else None for entry in entries]
-        if not all(urls):
-            raise ProviderError(self.name, "an image in the result has no url", job_id=job_id)
-        clock = time.monotonic()
-        images = await self.download_images(http, urls, job_id, context)
-        timings["download"] = time.monotonic() - clock
-        context.report_progress(STAGE_DOWNLOADED, STAGES)
-        width, height = self.output_size(request)
-        seed = result.get("seed")
-        return CloudOutcome(
-            images=images, job_id=job_id, seed=seed if isinstance(seed, int) else None,
-            safety_flags=[bool(flag) for flag in result.get("has_nsfw_concepts") or []], timings=timings,
-            cost_usd=round(width * height / 1e6 * PRICE_PER_MEGAPIXEL_USD * len(images), 4),
-            details={"provider": "fal", "reference_upload": upload, "cost_basis": "fal's published $0.1 per megapixel",
-                     "provider_logs": logs[-20:]},
+    @staticmethod
+    def _with_logs(url: str) -> str:
+        return f"{url}{'&' if '?' in url else '?'}logs=1"
+
+    async def check(self, http: CloudCall, job: Submitted) -> JobStatus:
+        body, _ = await http.json("GET", self._with_logs(job.status_url), "checking the job", job_id=job.job_id)
+        return self._status(body, job)
+
+    def _status(self, body, job: Submitted) -> JobStatus:
+        status = as_object(body, "the status answer")
+        state = STATES.get(status.get("status"))
+        if state is None:
+            raise AnswerError(f"unknown job status {status.get('status')!r}")
+        # fal returns every log line so far at each check; the new ones are kept
+        lines = [str(line["message"]) for line in status.get("logs") or []
+                 if isinstance(line, dict) and line.get("message")]
+        job.logs.extend(lines[len(job.logs):])
+        if state == DONE and status.get("error"):
+            kind = f" ({status['error_type']})" if status.get("error_type") else ""
+            raise ProviderError(self.name, "the job failed", detail=f"{status['error']}{kind}", job_id=job.job_id)
+        if state == QUEUED:
+            position = integer(status, "queue_position")
+            return JobStatus(QUEUED, f"(position {position})" if position is not None else "")
+        return JobStatus(state, job.logs[-1] if job.logs else "")
+
+    async def fetch_result(self, http: CloudCall, job: Submitted, status: JobStatus) -> JobResult:
+        body, _ = await http.json("GET", job.result_url, "fetching the result", job_id=job.job_id)
+        result = as_object(body, "the result")
+        entries = result.get("images")
+        if not isinstance(entries, list) or not entries:
+            raise ProviderError(self.name, "the job finished without images", job_id=job.job_id)
+        images = [as_object(entry, "an image entry") for entry in entries]
+        urls = [text(image, "url") for image in images]
+        # billed per megapixel of what fal generated (the sizes it reports)
+        megapixels = [(integer(image, "width") or 0) * (integer(image, "height") or 0) / 1e6 for image in images]
+        timings = {}
+        if isinstance(result.get("timings"), dict) and number(result["timings"].get("inference")) is not None:
+            timings["inference"] = number(result["timings"]["inference"])
+        return JobResult(
+            outputs=urls, seed=integer(result, "seed"), safety_flags=flags(result.get("has_nsfw_concepts")),
+            timings=timings, cost_usd=round(sum(megapixels) * PRICE_PER_MEGAPIXEL_USD, 4) if all(megapixels) else None,
+            details={"cost_basis": "fal's published $0.1 per megapixel", "provider_logs": job.logs[-20:]},
         )
 
-    async def _wait(self, http: CloudCall, headers: dict, status_url: str, job_id: str, context: RunContext,
-                    logs: list[str]) -> float:
-        """Poll until COMPLETED; returns the seconds spent in the queue. New log lines go to the node."""
-        url = f"{status_url}{'&' if '?' in status_url else '?'}logs=1"
-        queued = [0.0]
-
-        async def check(waited: float) -> float | None:
-            status, _ = await http.json("GET", url, "checking the job", headers=headers, job_id=job_id)
-            if not isinstance(status, dict):
-                raise ProviderError(self.name, "checking the job", detail="unexpected status shape", job_id=job_id)
-            # fal returns every log line so far; keep the new ones
-            lines = [str(line["message"]) for line in status.get("logs") or []
-                     if isinstance(line, dict) and line.get("message")]
-            logs.extend(lines[len(logs):])
-            state = status.get("status")
-            if state == "COMPLETED":
-                if status.get("error"):
-                    kind = f" ({status['error_type']})" if status.get("error_type") else ""
-                    raise ProviderError(self.name, "the job failed", detail=f"{status['error']}{kind}", job_id=job_id)
-                return queued[0]
-            if state == "IN_QUEUE":
-                queued[0] = waited
-                position = status.get("queue_position")
-                where = f" (position {position})" if position is not None else ""
-                context.report_status(f"{self.name}: in queue{where} · {waited:.1f} s")
-            else:
-                latest = f" · {logs[-1]}" if logs else ""
-                context.report_status(f"{self.name}: running · {waited:.1f} s{latest}")
-            return None
-
-        return await self.poll(http, job_id, check)
+    async def cancel(self, http: CloudCall, job: Submitted) -> str | None:
+        status = await http.best_effort("PUT", job.cancel_url)
+        return f"HTTP {status}" if status is not None else "no answer"

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import email.utils
 import json
+import math
 import random
 import time
+import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, Mapping, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, TypeVar
 
 import aiohttp
 from multidict import CIMultiDict
@@ -31,22 +34,38 @@ INTERRUPT_CHECK_S = 0.1
 
 
 class ProviderError(RuntimeError):
-    """A cloud call failed. The text names the provider, what failed, the HTTP status, the
-    provider's own message and the job id, and never contains a key."""
+    """A cloud call failed. The text names the provider, what failed, the HTTP status (or the code of
+    the provider's own answer envelope), the provider's message and the job id. `redact` removes keys
+    from every part; CloudBackend applies it to every ProviderError, whoever built it."""
 
-    def __init__(self, provider: str, what: str, *, status: int | None = None, detail: str | None = None,
-                 job_id: str | None = None, hint: str | None = None):
-        self.provider, self.what, self.status, self.detail, self.job_id, self.hint = provider, what, status, detail, job_id, hint
-        text = f"{provider}: {what}"
-        if status is not None:
-            text += f" (HTTP {status})"
-        if detail:
-            text += f": {detail}"
-        if job_id:
-            text += f" [job {job_id}]"
-        if hint:
-            text += f". {hint}"
-        super().__init__(text)
+    def __init__(self, provider: str, what: str, *, status: int | None = None, provider_code: Any = None,
+                 detail: str | None = None, job_id: str | None = None, hint: str | None = None):
+        self.provider, self.what, self.status, self.provider_code = provider, what, status, provider_code
+        self.detail, self.job_id, self.hint = detail, job_id, hint
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        text = f"{self.provider}: {self.what}"
+        if self.status is not None:
+            text += f" (HTTP {self.status})"
+        if self.provider_code is not None:
+            text += f" (provider code {self.provider_code})"
+        if self.detail:
+            text += f": {self.detail}"
+        if self.job_id:
+            text += f" [job {self.job_id}]"
+        if self.hint:
+            text += f". {self.hint}"
+        return text
+
+    def redact(self, redactor: Callable[[str], str]) -> "ProviderError":
+        """Remove secrets from every text part, in place (the class and traceback are kept)."""
+        for name in ("what", "detail", "job_id", "hint"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, redactor(value))
+        self.args = (self._text(),)
+        return self
 
 
 class MissingKeyError(ProviderError):
@@ -55,12 +74,15 @@ class MissingKeyError(ProviderError):
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds. `request` bounds one HTTP exchange; `job` bounds the wait for a result after submit."""
+    """Seconds. `request` bounds one HTTP exchange; `job` bounds a job's processing once the provider
+    has started it; `queue` bounds the wait in the provider's queue before that (longer: a busy
+    provider is no reason to give up, and queued time is not billed)."""
 
     connect: float = 10.0
     request: float = 60.0
     transfer: float = 180.0
     job: float = 1800.0
+    queue: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -73,7 +95,7 @@ class Response:
         return json.loads(self.body)
 
 
-def _hint_for(status: int, key_env: str) -> str | None:
+def hint_for(status: int, key_env: str) -> str | None:
     if status in (401, 403):
         return f"Check the key in {key_env}"
     if status in (402, 406):
@@ -84,14 +106,34 @@ def _hint_for(status: int, key_env: str) -> str | None:
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("Retry-After")
+    """Seconds the server asks us to wait, or None. A malformed header is no hint, never an error."""
+    value = (headers.get("Retry-After") or "").strip()
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if parsed is None:
+            return None
+        if parsed.tzinfo is None:                      # RFC 9110 dates are GMT
+            parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+        seconds = parsed.timestamp() - time.time()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def is_success(status: int) -> bool:
+    """Every 2xx is a success, as the providers' own SDKs read it (202 Accepted included)."""
+    return 200 <= status < 300
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), port
 
 
 class Redactor:
@@ -112,17 +154,26 @@ class Redactor:
 
 
 class CloudCall:
-    """One generation's worth of HTTP for one provider: `async with CloudCall(...) as http: ...`."""
+    """One generation's worth of HTTP for one provider: `async with CloudCall(...) as http: ...`.
 
-    def __init__(self, provider: str, key_env: str, secrets: Iterable[str], context: RunContext,
-                 timeouts: Timeouts = Timeouts(), describe_error: Callable[[Response], str] | None = None,
+    The API key travels only in `auth_headers`, and only to the origins of the configured base URLs
+    (`trusted_urls`): a status, result or cancel URL that a provider answer points elsewhere is
+    refused with a clear error instead of receiving the key. Every answer body is read with a size
+    cap (`max_answer_bytes`; downloads pass their own)."""
+
+    def __init__(self, provider: str, key_env: str, context: RunContext, *, auth_headers: Mapping[str, str],
+                 trusted_urls: Iterable[str], secrets: Iterable[str] = (), timeouts: Timeouts = Timeouts(),
+                 describe_error: Callable[[Response], str] | None = None, max_answer_bytes: int = 8 * 1024 * 1024,
                  max_attempts: int = 5, backoff_s: float = 0.5, backoff_cap_s: float = 8.0):
         self.provider = provider
         self.key_env = key_env
-        self.redact = Redactor(secrets)
+        self.auth_headers = dict(auth_headers)
+        self.trusted = {origin(url) for url in trusted_urls}
+        self.redact = Redactor([*secrets, *self.auth_headers.values()])
         self.context = context
         self.timeouts = timeouts
         self.describe_error = describe_error or (lambda response: response.body[:300].decode(errors="replace"))
+        self.max_answer_bytes = max_answer_bytes
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
         self.backoff_cap_s = backoff_cap_s
@@ -169,8 +220,8 @@ class CloudCall:
 
     # ---- requests ------------------------------------------------------------------------
 
-    def _error(self, what: str, response: Response | None = None, job_id: str | None = None,
-               detail: str | None = None, hint: str | None = None) -> ProviderError:
+    def error(self, what: str, response: Response | None = None, job_id: str | None = None,
+              detail: str | None = None, hint: str | None = None) -> ProviderError:
         status = response.status if response is not None else None
         if response is not None and detail is None:
             try:
@@ -178,27 +229,53 @@ class CloudCall:
             except Exception:  # a garbled error body must not hide the status
                 detail = response.body[:300].decode(errors="replace")
         if hint is None and status is not None:
-            hint = _hint_for(status, self.key_env)
-        return ProviderError(self.provider, what, status=status,
-                             detail=self.redact(detail.strip()) if detail else None, job_id=job_id, hint=hint)
+            hint = hint_for(status, self.key_env)
+        return ProviderError(self.provider, what, status=status, detail=detail.strip() if detail else None,
+                             job_id=job_id, hint=hint)
 
-    async def _exchange(self, method: str, url: str, timeout_s: float, **kwargs) -> Response:
+    def _headers_for(self, url: str, what: str, job_id: str | None, authenticated: bool,
+                     headers: Mapping[str, str] | None) -> dict[str, str]:
+        merged = dict(headers or {})
+        if authenticated:
+            if origin(url) not in self.trusted:
+                host = urllib.parse.urlsplit(url).netloc or url[:60]
+                raise ProviderError(self.provider, what, job_id=job_id, detail=(
+                    f"the provider pointed to {host}, which is not a configured {self.provider} address"),
+                    hint="The API key is only ever sent to the configured base URL; nothing was sent there")
+            merged.update(self.auth_headers)
+        return merged
+
+    async def _exchange(self, method: str, url: str, what: str, timeout_s: float, max_bytes: int,
+                        job_id: str | None, **kwargs) -> Response:
+        """One HTTP exchange; the answer body is read up to `max_bytes` and refused beyond it."""
         if callable(kwargs.get("data")):        # multipart bodies are single-use: build one per attempt
             kwargs["data"] = kwargs["data"]()
-
         # sock_read per request: a blocking provider call may stay silent far longer than a poll
         timeout = aiohttp.ClientTimeout(total=None, connect=self.timeouts.connect, sock_read=timeout_s)
 
         async def run() -> Response:
             async with self.session.request(method, url, timeout=timeout, **kwargs) as response:
-                body = await response.read()
-                return Response(response.status, CIMultiDict(response.headers), body)
+                declared = response.content_length
+                if declared is not None and declared > max_bytes:
+                    raise self.error(what, job_id=job_id, detail=f"the answer is larger than {max_bytes} bytes "
+                                                                 f"({declared}); it was not read")
+                chunks, size = [], 0
+                async for chunk in response.content.iter_chunked(256 * 1024):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise self.error(what, job_id=job_id,
+                                         detail=f"the answer is larger than {max_bytes} bytes; reading stopped")
+                    chunks.append(chunk)
+                if declared is not None and size != declared:
+                    raise aiohttp.ClientPayloadError(f"got {size} of {declared} bytes")
+                return Response(response.status, CIMultiDict(response.headers), b"".join(chunks))
 
         return await asyncio.wait_for(run(), timeout_s)
 
     async def request(self, method: str, url: str, what: str, *, job_id: str | None = None, billable: bool = False,
-                      ok: tuple[int, ...] = (200, 201), timeout_s: float | None = None, **kwargs) -> Response:
-        """One HTTP exchange with retries.
+                      authenticated: bool = True, accept: tuple[int, ...] = (), timeout_s: float | None = None,
+                      max_bytes: int | None = None, headers: Mapping[str, str] | None = None, **kwargs) -> Response:
+        """One HTTP exchange with retries. Every 2xx (and any status in `accept`) is an answer.
 
         billable=False (polls, uploads, downloads, cancels): retried on 408/429/5xx, timeouts and
         connection errors, with exponential backoff plus jitter, honouring Retry-After.
@@ -207,28 +284,31 @@ class CloudCall:
         request went out is reported, never retried, so a job is never paid for twice.
         """
         timeout_s = timeout_s or self.timeouts.request
+        max_bytes = max_bytes or self.max_answer_bytes
+        headers = self._headers_for(url, what, job_id, authenticated, headers)
         delay = self.backoff_s
         for attempt in range(1, self.max_attempts + 1):
             self.check_interrupt()
             wait = None
             try:
-                response = await self.guard(self._exchange(method, url, timeout_s, **kwargs),
-                                            grace_s=1.0 if billable else 0.0)
-            except GenerationInterrupted:
+                response = await self.guard(
+                    self._exchange(method, url, what, timeout_s, max_bytes, job_id, headers=headers, **kwargs),
+                    grace_s=1.0 if billable else 0.0)
+            except (GenerationInterrupted, ProviderError):
                 raise
             except aiohttp.ClientConnectorError as exc:      # never connected: nothing was sent
-                failure = self._error(what, job_id=job_id, detail=f"cannot connect: {exc.os_error or exc}")
+                failure = self.error(what, job_id=job_id, detail=f"cannot connect: {exc.os_error or exc}")
             except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
                 reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"connection failed: {type(exc).__name__}"
                 if billable:
-                    raise self._error(what, job_id=job_id, detail=reason, hint=(
-                        "The request may have reached the provider; it was not re-sent to avoid paying twice. "
-                        "Check the provider's dashboard before queueing again")) from None
-                failure = self._error(what, job_id=job_id, detail=reason)
+                    raise self.error(what, job_id=job_id, detail=f"{reason} after the request was sent", hint=(
+                        "The job may exist at the provider (and be billed); it was not re-sent to avoid paying "
+                        "twice. Check the provider's dashboard before queueing again")) from None
+                failure = self.error(what, job_id=job_id, detail=reason)
             else:
-                if response.status in ok:
+                if is_success(response.status) or response.status in accept:
                     return response
-                failure = self._error(what, response, job_id)
+                failure = self.error(what, response, job_id)
                 retryable = response.status == 429 if billable else response.status in RETRYABLE_STATUS
                 if not retryable:
                     raise failure
@@ -242,12 +322,14 @@ class CloudCall:
             delay = min(delay * 2, self.backoff_cap_s)
         raise AssertionError("unreachable")
 
-    async def best_effort(self, method: str, url: str, timeout_s: float = 1.0, **kwargs) -> int | None:
+    async def best_effort(self, method: str, url: str, timeout_s: float = 2.0, **kwargs) -> int | None:
         """A request that must go out even after Cancel (the provider's own cancel): no retries,
         no interrupt check, errors swallowed. Returns the HTTP status, or None if it failed."""
         try:
-            return (await self._exchange(method, url, timeout_s, **kwargs)).status
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
+            headers = self._headers_for(url, "cancelling the job", None, True, kwargs.pop("headers", None))
+            return (await self._exchange(method, url, "cancelling the job", timeout_s, self.max_answer_bytes, None,
+                                         headers=headers, **kwargs)).status
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, ProviderError):
             return None
 
     async def json(self, method: str, url: str, what: str, **kwargs) -> tuple[Any, Response]:
@@ -257,28 +339,80 @@ class CloudCall:
         attempts = 1 if billable else self.max_attempts
         for attempt in range(1, attempts + 1):
             response = await self.request(method, url, what, **kwargs)
-            try:
-                return response.json(), response
-            except ValueError:
-                if attempt == attempts:
-                    raise self._error(what, response, kwargs.get("job_id"), detail="the provider sent malformed JSON",
-                                      hint="The job was not re-sent" if billable else None) from None
-                await self.sleep(min(self.backoff_s * 2 ** (attempt - 1), self.backoff_cap_s))
+            if response.status == 204 or not response.body.strip():
+                body = None
+            else:
+                try:
+                    body = response.json()
+                except ValueError:
+                    body = _MALFORMED
+            if body is not _MALFORMED:
+                return body, response
+            if attempt == attempts:
+                raise self.error(what, response, kwargs.get("job_id"), detail="the provider sent malformed JSON",
+                                 hint=("The job may exist at the provider; it was not re-sent" if billable else None))
+            await self.sleep(min(self.backoff_s * 2 ** (attempt - 1), self.backoff_cap_s))
         raise AssertionError("unreachable")
+
+    # ---- server-sent events -----------------------------------------------------------------
+
+    async def events(self, url: str, what: str, job_id: str | None = None, idle_s: float = 30.0,
+                     tick_s: float = 1.0) -> AsyncIterator[str | None]:
+        """A server-sent event stream: yields each event's data, and None for a keep-alive comment or
+        `tick_s` without news (so the caller checks its budgets and Cancel while the server is
+        quiet). Ends when the server closes the stream. A non-2xx answer raises ProviderError;
+        a broken stream, or `idle_s` without a byte, raises aiohttp.ClientError / TimeoutError."""
+        headers = self._headers_for(url, what, job_id, True, {"Accept": "text/event-stream"})
+        self.check_interrupt()
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.timeouts.connect, sock_read=None)
+        async with self.session.get(url, headers=headers, timeout=timeout) as response:
+            if not is_success(response.status):
+                body = await response.content.read(2048)
+                raise self.error(what, Response(response.status, CIMultiDict(response.headers), body), job_id)
+            pending, data, silent = b"", [], 0.0
+            while True:
+                try:
+                    # cancelling a pending read loses nothing: bytes that arrive stay buffered
+                    chunk = await self.guard(asyncio.wait_for(response.content.readany(), tick_s))
+                except asyncio.TimeoutError:
+                    silent += tick_s
+                    if silent >= idle_s:
+                        raise
+                    yield None
+                    continue
+                if not chunk:
+                    return
+                silent = 0.0
+                pending += chunk
+                if len(pending) > self.max_answer_bytes:
+                    raise self.error(what, job_id=job_id, detail=f"an event is larger than {self.max_answer_bytes} bytes")
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    line = raw.rstrip(b"\r").decode("utf-8", errors="replace")
+                    if line.startswith(":"):
+                        yield None
+                    elif line.startswith("data:"):
+                        data.append(line[5:].removeprefix(" "))
+                    elif not line and data:
+                        yield "\n".join(data)
+                        data = []
 
     # ---- downloads ------------------------------------------------------------------------
 
     async def download(self, url: str, what: str, max_bytes: int, job_id: str | None = None,
-                       headers: dict[str, str] | None = None, decode: Callable[[bytes], T] = bytes) -> T:
-        """Fetch a result file (streamed, capped at max_bytes) or a data: URI, and `decode` it.
-        Transient failures, truncated transfers and undecodable bytes are retried with backoff."""
+                       decode: Callable[[bytes], T] = bytes) -> T:
+        """Fetch a result file (no key is sent; streamed, capped at max_bytes) or a data: URI, and
+        `decode` it. Transient failures, truncated transfers and undecodable bytes are retried."""
         delay = self.backoff_s
         for attempt in range(1, self.max_attempts + 1):
             self.check_interrupt()
             try:
                 if url.startswith("data:"):
                     return decode(self._data_uri(url, what, max_bytes, job_id))
-                return decode(await self.guard(self._stream(url, what, max_bytes, job_id, headers)))
+                response = await self.guard(self._exchange("GET", url, what, self.timeouts.transfer, max_bytes, job_id))
+                if not is_success(response.status):
+                    raise self.error(what, response, job_id)
+                return decode(response.body)
             except GenerationInterrupted:
                 raise
             except ProviderError as exc:
@@ -286,11 +420,11 @@ class CloudCall:
                     raise
                 failure = exc
             except ValueError as exc:                      # bytes arrived but are not a valid file
-                failure = self._error(what, job_id=job_id, detail=str(exc))
+                failure = self.error(what, job_id=job_id, detail=str(exc))
                 if url.startswith("data:"):
                     raise failure from None
             except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-                failure = self._error(what, job_id=job_id, detail=f"download failed: {type(exc).__name__}")
+                failure = self.error(what, job_id=job_id, detail=f"download failed: {type(exc).__name__}")
             if attempt == self.max_attempts:
                 raise failure
             await self.sleep(min(delay * (0.5 + random.random()), 30.0))
@@ -302,32 +436,13 @@ class CloudCall:
         try:
             data = base64.b64decode(payload, validate=True) if header.endswith(";base64") else payload.encode()
         except ValueError:
-            raise self._error(what, job_id=job_id, detail="malformed data URI") from None
+            raise self.error(what, job_id=job_id, detail="malformed data URI") from None
         if len(data) > max_bytes:
-            raise self._error(what, job_id=job_id, detail=f"larger than {max_bytes} bytes")
+            raise self.error(what, job_id=job_id, detail=f"larger than {max_bytes} bytes")
         return data
 
-    async def _stream(self, url: str, what: str, max_bytes: int, job_id: str | None,
-                      headers: dict[str, str] | None) -> bytes:
-        async def run() -> bytes:
-            async with self.session.get(url, headers=headers) as response:
-                if response.status != 200:
-                    body = await response.content.read(2048)
-                    raise self._error(what, Response(response.status, CIMultiDict(response.headers), body), job_id)
-                declared = response.content_length
-                if declared is not None and declared > max_bytes:
-                    raise self._error(what, job_id=job_id, detail=f"larger than {max_bytes} bytes ({declared})")
-                chunks, size = [], 0
-                async for chunk in response.content.iter_chunked(256 * 1024):
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise self._error(what, job_id=job_id, detail=f"larger than {max_bytes} bytes")
-                    chunks.append(chunk)
-                if declared is not None and size != declared:
-                    raise aiohttp.ClientPayloadError(f"got {size} of {declared} bytes")
-                return b"".join(chunks)
 
-        return await asyncio.wait_for(run(), self.timeouts.transfer)
+_MALFORMED = object()
 
 
 def poll_delay(elapsed_s: float, first_s: float = 0.25, share: float = 0.15, longest_s: float = 1.5) -> float:

@@ -38,6 +38,25 @@ def mean_colour(image_bytes: bytes) -> tuple[int, int, int]:
         return tuple(round(v) for v in ImageStat.Stat(image.convert("RGB")).mean)
 
 
+def actual_mime(data: bytes) -> str | None:
+    """The real type of image bytes (what a storage service sniffs), or None if not an image."""
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            return Image.MIME.get(probe.format)
+    except (OSError, ValueError):
+        return None
+
+
+def mime_mismatch(declared: str, data: bytes) -> str | None:
+    """A complaint when a file's declared content type is not what its bytes are."""
+    actual = actual_mime(data)
+    if actual is None:
+        return "the file is not an image"
+    if declared.split(";")[0].strip().lower() != actual:
+        return f"content type {declared} does not match the file ({actual})"
+    return None
+
+
 def synth_image(width: int, height: int, reference: bytes, prompt: str, seed: Any, index: int,
                 fmt: str = "PNG") -> bytes:
     image = Image.new("RGB", (width, height), seed_colour(prompt, seed, index))
@@ -54,12 +73,21 @@ class Fault:
     kind: "status" (answer `status` with `body`/`headers`), "reset" (drop the connection),
     "hang" (never answer), "malformed" (HTTP 200, broken JSON), "truncate" (send half the
     image but declare it whole), "short_image" (a complete HTTP answer holding a cut-off image),
-    "html" (an HTML error page with `status`)."""
+    "html" (an HTML error page with `status`).
+
+    Applied after the request was handled (the provider did the work): "lose_answer" (the job or
+    upload exists, then the connection drops before the answer), "recode" (the normal answer with
+    another status, e.g. 201/202, plus `headers`), "callback" (call `callback()` in the server
+    thread, then send the normal answer: lets a test act at an exact moment)."""
 
     kind: str
     status: int = 500
     body: Any = None
     headers: dict = field(default_factory=dict)
+    callback: Callable[[], None] | None = None
+
+
+AFTER_HANDLING = {"lose_answer", "recode", "callback"}
 
 
 class Faults:
@@ -73,10 +101,13 @@ class Faults:
         with self._lock:
             self._queues[phase].extend(Fault(kind, **options) for _ in range(times))
 
-    def take(self, phase: str) -> Fault | None:
+    def take(self, phase: str, after_handling: bool = False) -> Fault | None:
+        """The next fault of `phase` of the given timing (before or after the request is handled)."""
         with self._lock:
             queue = self._queues.get(phase)
-            return queue.popleft() if queue else None
+            if queue and (queue[0].kind in AFTER_HANDLING) == after_handling:
+                return queue.popleft()
+            return None
 
     def clear(self) -> None:
         with self._lock:
@@ -87,6 +118,7 @@ class Emulator:
     """Base class: subclasses add routes in `routes()` and call `await self.answer(...)`."""
 
     provider = "emulator"
+    PHASES: dict[str, str] = {}       # handler name → fault phase, for faults applied after handling
 
     def __init__(self, api_key: str, processing_s: float = 0.3, queue_s: float = 0.0, latency_s: float = 0.0):
         self.api_key = api_key
@@ -189,7 +221,8 @@ class Emulator:
 
     def new_job(self, job_id: str, body: dict, **fields) -> dict:
         outcome = self.faults.take("job")
-        job = {"body": body, "created": time.monotonic(), "outcome": outcome.kind if outcome else "ok", **fields}
+        job = {"body": body, "created": time.monotonic(), "outcome": outcome.kind if outcome else "ok",
+               "outcome_message": outcome.body if outcome else None, **fields}
         self.jobs[job_id] = job
         self.submissions.append(body)
         self.count("submit")
@@ -236,9 +269,28 @@ class Emulator:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable):
+        """Latency, and the faults that act once the request was handled (PHASES: handler → phase)."""
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        return await handler(request)
+        phase = self.PHASES.get(getattr(request.match_info.route.handler, "__name__", ""))
+        fault = self.faults.take(phase, after_handling=True) if phase else None
+        response = await handler(request)
+        if fault is None:
+            return response
+        self.count(f"fault:{phase}:{fault.kind}")
+        if fault.kind == "lose_answer":
+            request.transport.abort()
+            raise ConnectionResetError("injected: answer lost after the work was done")
+        if fault.kind == "recode" and 200 <= response.status < 300:
+            response.set_status(fault.status)
+            response.headers.update(fault.headers)
+        if fault.kind == "callback":
+            await asyncio.get_running_loop().run_in_executor(None, fault.callback)
+        return response
+
+    def expire_files(self) -> None:
+        """The provider deleted every upload (as it does after its retention time)."""
+        self.files.clear()
 
     async def _serve_file(self, request: web.Request) -> web.StreamResponse:
         self.count("download")

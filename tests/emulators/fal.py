@@ -2,20 +2,22 @@
 ../shared/docs/providers/fal-instant-character.md and the protocol notes.
 
 One server plays three hosts: {url}/queue (FAL_QUEUE_URL), {url}/rest (FAL_REST_URL) and {url}/cdn
-(the base_url the storage token names). Strict: `Authorization: Key <FAL_KEY>`, documented fields,
+(the base_url the storage token names). Status answers are 202 while a job is queued or running. Strict: `Authorization: Key <FAL_KEY>`, documented fields,
 types and ranges; validation errors are FastAPI-style 422 lists. Scripted job outcomes:
 faults.add("job", "failed" | "nsfw" | "completed_error").
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import random
+import time
 
 from aiohttp import web
 
-from .common import Emulator, synth_image
+from .common import Emulator, mime_mismatch, synth_image
 
 MODEL = "fal-ai/instant-character"
 PRESETS = {"square_hd": (1024, 1024), "square": (512, 512), "portrait_4_3": (768, 1024),
@@ -30,17 +32,25 @@ def detail(field: str, message: str, kind: str = "value_error") -> dict:
 
 class FalEmulator(Emulator):
     provider = "fal"
+    PHASES = {"token": "token", "cdn_upload": "upload", "submit": "submit", "status": "poll", "result": "result",
+              "cancel": "cancel", "status_stream": "stream"}
 
     def __init__(self, api_key: str, **kwargs):
         super().__init__(api_key, **kwargs)
         self.tokens: set[str] = set()
         self.cancelled: list[str] = []
         self.upload_headers: list[dict] = []
+        self.answer_host: str | None = None
+        self.stream_enabled = True
+        self.keepalive_s = 15.0
 
     def reset(self) -> None:
         super().reset()
         self.cancelled.clear()
         self.upload_headers.clear()
+        self.answer_host = None
+        self.stream_enabled = True
+        self.keepalive_s = 15.0
 
     @property
     def queue_url(self) -> str:
@@ -56,6 +66,7 @@ class FalEmulator(Emulator):
             web.post("/cdn/files/upload", self.cdn_upload),
             web.post(f"/queue/{MODEL}", self.submit),
             web.get(f"/queue/{MODEL}/requests/{{job_id}}/status", self.status),
+            web.get(f"/queue/{MODEL}/requests/{{job_id}}/status/stream", self.status_stream),
             web.get(f"/queue/{MODEL}/requests/{{job_id}}", self.result),
             web.put(f"/queue/{MODEL}/requests/{{job_id}}/cancel", self.cancel),
         ]
@@ -89,6 +100,8 @@ class FalEmulator(Emulator):
         if not request.content_type.startswith("image/"):
             return web.json_response({"detail": f"unsupported content type {request.content_type}"}, status=400)
         data = await request.read()
+        if (problem := mime_mismatch(request.content_type, data)) is not None:
+            return web.json_response({"detail": problem}, status=400)
         self.upload_headers.append({k: v for k, v in request.headers.items() if k.lower().startswith("x-fal")})
         self.count("upload")
         suffix = "." + request.content_type.split("/")[-1]
@@ -153,7 +166,8 @@ class FalEmulator(Emulator):
             return web.json_response(problem, status=422)
         job_id = f"{random.randrange(16**8):08x}-fal"
         self.new_job(job_id, body, seed=body.get("seed", random.randrange(2**31)), result=None)
-        base = f"{self.queue_url}/{MODEL}/requests/{job_id}"
+        # answer_host: a provider pointing its status/result/cancel URLs at another host
+        base = f"{self.queue_url}/{MODEL}/requests/{job_id}".replace("127.0.0.1", self.answer_host or "127.0.0.1")
         return web.json_response({"request_id": job_id, "gateway_request_id": job_id, "response_url": base,
                                   "status_url": f"{base}/status", "cancel_url": f"{base}/cancel",
                                   "queue_position": 0})
@@ -167,21 +181,57 @@ class FalEmulator(Emulator):
         job = self.jobs.get(request.match_info["job_id"])
         if job is None:
             return web.json_response({"detail": "Request not found"}, status=404)
+        body, status = self.status_body(job, request.query.get("logs") == "1")
+        return web.json_response(body, status=status)
+
+    async def status_stream(self, request: web.Request):
+        """Server-sent events: a status object per change, a keep-alive comment every `keepalive_s`,
+        closed after COMPLETED (as fal documents). `stream_enabled = False` answers 405."""
+        self.count("stream")
+        if not self.stream_enabled:
+            return web.json_response({"detail": "Method Not Allowed"}, status=405)
+        if not self.authorised(request):
+            return self.unauthorised()
+        if (fault := await self.fault_response("stream", request)) is not None:
+            return fault
+        job = self.jobs.get(request.match_info["job_id"])
+        if job is None:
+            return web.json_response({"detail": "Request not found"}, status=404)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
         with_logs = request.query.get("logs") == "1"
+        sent, quiet_since = None, time.monotonic()
+        generation = self._generation
+        while generation == self._generation and not self._stopped.is_set():
+            body, _ = self.status_body(job, with_logs)
+            if body != sent:
+                await response.write(f"data: {json.dumps(body)}\n\n".encode())
+                sent, quiet_since = body, time.monotonic()
+                if body["status"] == "COMPLETED":
+                    break
+            elif time.monotonic() - quiet_since >= self.keepalive_s:
+                await response.write(b": ping\n\n")
+                quiet_since = time.monotonic()
+            await asyncio.sleep(0.02)
+        await response.write_eof()
+        return response
+
+    def status_body(self, job: dict, with_logs: bool) -> tuple[dict, int]:
+        """→ (status object, HTTP status): 202 Accepted while the job waits or runs, 200 once completed."""
         if job.get("cancelled"):
-            return web.json_response({"status": "COMPLETED", "error": "Request was cancelled",
-                                      "error_type": "request_cancelled", "logs": []})
+            return {"status": "COMPLETED", "error": "Request was cancelled", "error_type": "request_cancelled",
+                    "logs": []}, 200
         state = self.job_state(job)
         if state == "queued":
-            return web.json_response({"status": "IN_QUEUE", "queue_position": 2, "response_url": ""})
+            return {"status": "IN_QUEUE", "queue_position": 2, "response_url": ""}, 202
         logs = [{"message": "Loading InstantCharacter", "level": "INFO", "timestamp": "2026-11-21T12:00:00"}]
         if state == "running":
-            return web.json_response({"status": "IN_PROGRESS", "logs": logs if with_logs else None})
+            return {"status": "IN_PROGRESS", "logs": logs if with_logs else None}, 202
         logs.append({"message": "Generated images", "level": "INFO", "timestamp": "2026-11-21T12:00:01"})
         answer = {"status": "COMPLETED", "logs": logs if with_logs else None, "metrics": {"inference_time": 1.0}}
         if job["outcome"] == "completed_error":
-            answer.update(error="Out of memory on runner", error_type="runner_disconnected")
-        return web.json_response(answer)
+            answer.update(error=job["outcome_message"] or "Out of memory on runner", error_type="runner_disconnected")
+        return answer, 200
 
     async def result(self, request: web.Request):
         self.count("result")

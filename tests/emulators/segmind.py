@@ -2,7 +2,8 @@
 ../shared/docs/providers/segmind-instantid.txt and the protocol notes.
 
 Strict: `x-api-key`, `Content-Type: application/json` (else 406), documented fields, types and
-ranges; errors are {"error": "..."}. v1 answers with the image itself unless base64 is true.
+ranges; errors are {"error": "..."}. face_image and pose_image must be URIs, as documented
+("string (uri)"): an image URL or a data: URI; bare base64 is refused (the strictest reading). v1 answers with the image itself unless base64 is true.
 Scripted outcomes: faults.add("job", "failed"); faults.add("submit", "json_body") makes v1 answer
 with base64 JSON even when raw bytes were asked for. Styles: the ten the document names, plus any
 in `extra_styles` (the document's other 19 are not listed anywhere).
@@ -19,7 +20,7 @@ import time
 from aiohttp import web
 from PIL import Image
 
-from .common import Emulator, synth_image
+from .common import Emulator, mime_mismatch, synth_image
 
 NAMED_STYLES = {"(No style)", "Watercolor", "Film Noir", "Neon", "Jungle", "Mars", "Vibrant Color", "Snow",
                 "Line art", "Art Nouveau"}
@@ -40,6 +41,7 @@ def instantid_size(width: int, height: int) -> tuple[int, int]:
 
 class SegmindEmulator(Emulator):
     provider = "segmind"
+    PHASES = {"v1": "submit", "v2_submit": "submit", "v2_status": "poll", "v2_result": "result"}
 
     def __init__(self, api_key: str, credits: float = 100.0, **kwargs):
         super().__init__(api_key, **kwargs)
@@ -75,16 +77,21 @@ class SegmindEmulator(Emulator):
         return body, None
 
     def image(self, value) -> bytes | None:
-        if isinstance(value, str):
-            if value.startswith("http"):
-                return self.file_for_url(value)
-            try:
-                data = base64.b64decode(value, validate=True)
-                Image.open(io.BytesIO(data)).verify()
-                return data
-            except (binascii.Error, OSError, SyntaxError, ValueError):
-                return None
-        return None
+        """The bytes of an image given as a URI, as the document types it ("string (uri)"): an
+        http(s) URL of a file this server holds, or a data: URI. Bare base64 is not a URI."""
+        if not isinstance(value, str):
+            return None
+        if value.startswith("http"):
+            return self.file_for_url(value)
+        header, _, payload = value.partition(",")
+        if not (header.startswith("data:image/") and header.endswith(";base64")):
+            return None
+        try:
+            data = base64.b64decode(payload, validate=True)
+            Image.open(io.BytesIO(data)).verify()
+        except (binascii.Error, OSError, SyntaxError, ValueError):
+            return None
+        return data if mime_mismatch(header[5:-7], data) is None else None
 
     def validate(self, body) -> str | None:
         if not isinstance(body, dict):
@@ -95,9 +102,9 @@ class SegmindEmulator(Emulator):
         if not isinstance(body.get("prompt"), str) or not body["prompt"]:
             return "prompt is required"
         if self.image(body.get("face_image")) is None:
-            return "face_image must be an image URL or base64 image"
+            return "face_image must be a URI (an image URL or a data: URI)"
         if "pose_image" in body and self.image(body["pose_image"]) is None:
-            return "pose_image must be an image URL or base64 image"
+            return "pose_image must be a URI (an image URL or a data: URI)"
         if "style" in body and body["style"] not in NAMED_STYLES | self.extra_styles:
             return f"style {body['style']!r} is not one of the 29 allowed values"
         ranges = [("samples", int, 1, 4), ("num_inference_steps", int, 4, 100), ("guidance_scale", (int, float), 1, 25),
@@ -142,7 +149,7 @@ class SegmindEmulator(Emulator):
         await asyncio.sleep(self.processing_s)        # blocking: the answer comes when the image is done
         job["done_seen"] = time.monotonic()
         if job["outcome"] == "failed":
-            return self.error(500, "Inference failed: face not detected")
+            return self.error(500, job["outcome_message"] or "Inference failed: face not detected")
         seed = body.get("seed", -1)
         seed = seed if seed != -1 else random.randrange(2**31)
         images = self.render(body, seed)
@@ -189,7 +196,9 @@ class SegmindEmulator(Emulator):
         if state != "done":
             return web.json_response({"status": "QUEUED" if state == "queued" else "PROCESSING"})
         if job["outcome"] == "failed":
-            return web.json_response({"status": "FAILED", "error": "Inference failed: face not detected"}, status=422)
+            return web.json_response({"status": "FAILED",
+                                      "error": job["outcome_message"] or "Inference failed: face not detected"},
+                                     status=422)
         return web.json_response({"status": "COMPLETED"})
 
     async def v2_result(self, request: web.Request):

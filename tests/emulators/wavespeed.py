@@ -2,6 +2,10 @@
 ../shared/docs/providers/wavespeed-instant-character-*.txt|md and the upload API notes.
 
 Strict: Bearer auth, JSON content type, known field names only, documented types and ranges.
+Where the documents disagree the strictest reading wins: 512–1536 per side for v3 too (the v3
+overview says 512, the current v3 page 256). Uploads: the ticket flow of WaveSpeed's current SDK
+(`media/uploads` + a PUT to a storage URL with exactly the ticket's headers and no API key) and
+the older `media/upload/binary`; `tickets = False` makes the ticket endpoint answer 404.
 Scripted job outcomes: faults.add("job", "failed") or faults.add("job", "nsfw").
 """
 from __future__ import annotations
@@ -10,9 +14,11 @@ import random
 
 from aiohttp import web
 
-from .common import Emulator, synth_image
+import secrets
 
-SIDE = {"v3": (256, 1536), "v2": (512, 1536)}
+from .common import Emulator, mime_mismatch, synth_image
+
+SIDE = {"v3": (512, 1536), "v2": (512, 1536)}
 SEED_MAX = {"v3": 2147483647, "v2": 9999999999}
 FIELDS = {"prompt", "image", "size", "seed", "negative_prompt", "guidance_scale", "num_inference_steps", "num_images",
           "enable_safety_checker"}
@@ -25,11 +31,21 @@ def envelope(data, code=200, message="success"):
 class WaveSpeedEmulator(Emulator):
     provider = "wavespeed"
 
+    PHASES = {"upload": "upload", "ticket": "ticket", "storage_put": "upload", "submit": "submit", "result": "poll"}
+
     def __init__(self, api_key: str, **kwargs):
         super().__init__(api_key, **kwargs)
+        self.tickets_enabled = True
+        self.tickets: dict[str, dict] = {}
+
+    def reset(self) -> None:
+        super().reset()
+        self.tickets_enabled = True
 
     def routes(self):
         return [
+            web.post("/api/{version}/media/uploads", self.ticket),
+            web.put("/storage/{token}", self.storage_put),
             web.post("/api/{version}/media/upload/binary", self.upload),
             web.post("/api/{version}/wavespeed-ai/instant-character", self.submit),
             web.get("/api/{version}/predictions/{job_id}/result", self.result),
@@ -65,10 +81,67 @@ class WaveSpeedEmulator(Emulator):
         data = upload.file.read()
         if len(data) > 20 * 1024 * 1024:
             return self.bad("images are limited to 20 MB")
-        url = self.store_file(data, upload.content_type, ".png")
+        if (problem := mime_mismatch(upload.content_type, data)) is not None:
+            return self.bad(problem)
+        url = self.store_file(data, upload.content_type, "." + upload.content_type.split("/")[-1])
         self.count("upload")
         return web.json_response(envelope({"type": "image", "download_url": url, "filename": upload.filename,
                                            "size": len(data)}))
+
+    async def ticket(self, request: web.Request):
+        self.count("ticket")
+        if not self.tickets_enabled:
+            return web.json_response({"code": 404, "message": "not found"}, status=404)
+        if request.match_info["version"] not in SIDE:
+            return web.json_response({"code": 404, "message": "not found"}, status=404)
+        if not self.authorised(request):
+            return self.unauthorised()
+        if (fault := await self.fault_response("ticket", request)) is not None:
+            return fault
+        try:
+            body = await request.json()
+        except ValueError:
+            return self.bad("invalid JSON")
+        if not isinstance(body, dict) or set(body) != {"filename", "size", "content_type"}:
+            return self.bad("expected exactly filename, size and content_type")
+        if not (isinstance(body["size"], int) and 0 < body["size"] <= 20 * 1024 * 1024):
+            return self.bad("size must be 1 byte to 20 MB")
+        if not str(body["content_type"]).startswith("image/"):
+            return self.bad(f"unsupported content type {body['content_type']}")
+        token = secrets.token_hex(8)
+        name = self.new_id("f") + "." + body["content_type"].split("/")[-1]
+        headers = {"Content-Type": body["content_type"], "x-amz-meta-upload-ticket": token}
+        self.tickets[token] = {"size": body["size"], "headers": headers, "name": name}
+        return web.json_response(envelope({
+            "upload": {"method": "PUT", "url": f"{self.url}/storage/{token}", "headers": headers},
+            "download_url": f"{self.url}/files/{name}"}))
+
+    async def storage_put(self, request: web.Request):
+        """The storage host: a pre-signed URL takes exactly the ticket's headers, and never a key."""
+        self.count("upload_attempt")
+        ticket = self.tickets.get(request.match_info["token"])
+        if ticket is None:
+            return web.Response(status=403, text="<Error>SignatureDoesNotMatch</Error>", content_type="text/xml")
+        if "Authorization" in request.headers:
+            return web.Response(status=400, text="<Error>Only one auth mechanism allowed</Error>",
+                                content_type="text/xml")
+        for name, value in ticket["headers"].items():
+            if request.headers.get(name) != value:
+                return web.Response(status=403, text=f"<Error>header {name} not signed</Error>",
+                                    content_type="text/xml")
+        if (fault := await self.fault_response("upload", request)) is not None:
+            return fault
+        data = await request.read()
+        if len(data) != ticket["size"]:
+            return web.Response(status=400, text="<Error>size does not match the ticket</Error>",
+                                content_type="text/xml")
+        if mime_mismatch(ticket["headers"]["Content-Type"], data) is not None:
+            return web.Response(status=400, text="<Error>content does not match its type</Error>",
+                                content_type="text/xml")
+        del self.tickets[request.match_info["token"]]
+        self.files[ticket["name"]] = (data, ticket["headers"]["Content-Type"])
+        self.count("upload")
+        return web.Response(status=200, headers={"ETag": '"1"'})
 
     def validate(self, version: str, body) -> str | None:
         if not isinstance(body, dict):
@@ -144,7 +217,8 @@ class WaveSpeedEmulator(Emulator):
         if state != "done":
             return web.json_response(envelope(self.prediction(job_id, "created" if state == "queued" else "processing")))
         if job["outcome"] == "failed":
-            return web.json_response(envelope(self.prediction(job_id, "failed", error="inference failed: CUDA OOM")))
+            error = job["outcome_message"] or "inference failed: CUDA OOM"
+            return web.json_response(envelope(self.prediction(job_id, "failed", error=error)))
         if job["outputs"] is None:
             body = job["body"]
             width, height = (int(v) for v in body.get("size", "1024*1024").split("*"))
