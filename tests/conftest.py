@@ -2,7 +2,14 @@
 end-to-end tests share one real ComfyUI server per session."""
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Nothing in the test suite may reach for a model hub: set before anything imports transformers,
+# which reads it once at import time.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 from comfyui_server import ComfyUIServer
 

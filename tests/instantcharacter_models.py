@@ -1,0 +1,287 @@
+"""Tiny InstantCharacter models with deterministic random weights, saved in the real file layouts.
+
+Every component starts from the pack's shipped real-size config with only the sizes shrunk, and
+its weights are filled from a generator seeded per tensor name (independent of how a library
+version initialises or orders modules), so the same model is rebuilt bit for bit anywhere.
+
+Layouts written (what users have):
+- a diffusers folder (model_index.json, transformer/, vae/, text_encoder(_2)/, tokenizer(_2)/, scheduler/);
+- ComfyUI single files: the FLUX transformer in the BFL layout, ae.safetensors in the original
+  (LDM) VAE layout, clip_l and t5xxl with Hugging Face key names — converted with ComfyUI's own
+  key maps (comfy.utils.flux_to_diffusers, comfy.diffusers_convert), an oracle independent of the pack;
+- SigLIP and DINOv2 as Hugging Face folders;
+- the adapter in the official format (`image_proj` / `ip_adapter`, .bin) and as flat .safetensors.
+
+The vocabularies are full size, so the tokenizers ComfyUI ships drive these models unchanged.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from comfyui_server import comfyui_dir
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = REPO_ROOT / "pipelines" / "local" / "instantcharacter" / "configs"
+
+TRANSFORMER = {"num_layers": 2, "num_single_layers": 2, "attention_head_dim": 128, "num_attention_heads": 2,
+               "in_channels": 16, "joint_attention_dim": 32, "pooled_projection_dim": 64}
+# four blocks like the real VAE (8x downscale; ComfyUI's key map assumes four), 32 channels each
+VAE = {"block_out_channels": [32, 32, 32, 32], "layers_per_block": 1, "latent_channels": 4, "sample_size": 64}
+CLIP = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 1,
+        "projection_dim": 64}
+T5 = {"d_model": 32, "d_ff": 48, "d_kv": 8, "num_heads": 4, "num_layers": 2, "num_decoder_layers": 2}
+SIGLIP = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 27, "num_attention_heads": 2,
+          "image_size": 384, "patch_size": 14}
+DINOV2 = {"hidden_size": 32, "num_hidden_layers": 30, "num_attention_heads": 2, "mlp_ratio": 2,
+          "image_size": 518, "patch_size": 14, "use_swiglu_ffn": True, "layerscale_value": 1.0}
+# the projector: features 32 (SigLIP) + 32 (DINOv2); 64-wide heads as in the official file
+PROJECTOR = {"feature_dim": 64, "feature_layers": 2, "resampler_dim": 128, "resampler_depth": 2, "num_queries": 16,
+             "timestep_dim": 32}
+SEED = 20251129
+
+
+def shipped_config(name: str, **sizes) -> dict:
+    config = json.loads((CONFIGS / name).read_text())
+    config.update(sizes)
+    return config
+
+
+def fill(module: torch.nn.Module, seed: int = SEED) -> torch.nn.Module:
+    """Deterministic weights: each tensor from a generator seeded by (seed, its name). Matrices are
+    N(0, 1/fan_in); 1-d weights and scales 1 + N(0, 0.1²); biases N(0, 0.1²)."""
+    with torch.no_grad():
+        for name, tensor in module.state_dict(keep_vars=True).items():
+            if not tensor.is_floating_point():
+                continue                          # index buffers (position ids) keep their values
+            generator = torch.Generator().manual_seed(seed + zlib.crc32(name.encode()))
+            values = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
+            if tensor.ndim >= 2:
+                values /= max(1, tensor[0].numel()) ** 0.5
+            elif name.endswith(("weight", "scale", ".g")) and "embedding" not in name:
+                values = 1 + 0.1 * values
+            else:
+                values = 0.1 * values
+            tensor.copy_(values.to(tensor.dtype))
+    return module.eval()
+
+
+# ---- components ------------------------------------------------------------------------------
+
+def transformer():
+    from diffusers import FluxTransformer2DModel
+
+    config = {k: v for k, v in shipped_config("flux_transformer.json", **TRANSFORMER).items() if not k.startswith("_")}
+    return fill(FluxTransformer2DModel(**config))
+
+
+def vae():
+    from diffusers import AutoencoderKL
+
+    config = {k: v for k, v in shipped_config("flux_vae.json", **VAE).items() if not k.startswith("_")}
+    return fill(AutoencoderKL(**config))
+
+
+def clip_text():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return fill(CLIPTextModel(CLIPTextConfig(**shipped_config("clip_l.json", **CLIP))))
+
+
+def t5():
+    from transformers import T5Config, T5EncoderModel
+
+    model = fill(T5EncoderModel(T5Config(**shipped_config("t5xxl.json", **T5))))
+    model.encoder.embed_tokens = model.shared          # tied, as in the real checkpoints
+    return model
+
+
+def siglip():
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    return fill(SiglipVisionModel(SiglipVisionConfig(**SIGLIP)))
+
+
+def dinov2():
+    from transformers import Dinov2Config, Dinov2Model
+
+    return fill(Dinov2Model(Dinov2Config(**DINOV2)))
+
+
+def scheduler():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    config = {k: v for k, v in json.loads((CONFIGS / "flux_scheduler.json").read_text()).items() if not k.startswith("_")}
+    return FlowMatchEulerDiscreteScheduler(**config)
+
+
+def adapter_state(processors: int | None = None, seed: int = SEED) -> dict:
+    """The official layout: {"image_proj": {...}, "ip_adapter": {"<i>.to_k_ip.weight": ...}}."""
+    from pipelines.local.instantcharacter.adapter import (ProjectorSize, ResamplerSize, SubjectAttnProcessor,
+                                                          SubjectProjector)
+
+    size = ProjectorSize(
+        feature_dim=PROJECTOR["feature_dim"], cross_attention_dim=PROJECTOR["feature_dim"],
+        feature_heads=PROJECTOR["feature_dim"] // 64, feature_layers=PROJECTOR["feature_layers"],
+        feature_ff_inner=4 * PROJECTOR["feature_dim"], mlp_hidden=2 * PROJECTOR["feature_dim"],
+        resampler=ResamplerSize(dim=PROJECTOR["resampler_dim"], depth=PROJECTOR["resampler_depth"],
+                                heads=PROJECTOR["resampler_dim"] // 64, num_queries=PROJECTOR["num_queries"],
+                                embedding_dim=PROJECTOR["feature_dim"], output_dim=TRANSFORMER["joint_attention_dim"],
+                                ff_inner=4 * PROJECTOR["resampler_dim"], timestep_dim=PROJECTOR["timestep_dim"]))
+    projector = fill(SubjectProjector(size), seed)
+    count = processors or TRANSFORMER["num_layers"] + TRANSFORMER["num_single_layers"]
+    hidden = TRANSFORMER["attention_head_dim"] * TRANSFORMER["num_attention_heads"]
+    attention = fill(torch.nn.ModuleList([
+        SubjectAttnProcessor(hidden, TRANSFORMER["joint_attention_dim"], TRANSFORMER["attention_head_dim"])
+        for _ in range(count)]), seed + 1)
+    return {"image_proj": projector.state_dict(), "ip_adapter": attention.state_dict()}
+
+
+# ---- tokenizers: ComfyUI's own copies --------------------------------------------------------
+
+def comfy_tokenizer_dirs() -> tuple[Path, Path]:
+    comfy = comfyui_dir() / "ComfyUI" / "comfy"
+    return comfy / "sd1_tokenizer", comfy / "text_encoders" / "t5_tokenizer"
+
+
+def tokenizers():
+    from pipelines.local.instantcharacter.loading import load_tokenizers
+
+    return load_tokenizers(*comfy_tokenizer_dirs())
+
+
+# ---- layouts ---------------------------------------------------------------------------------
+
+@dataclass
+class TinyFiles:
+    root: Path
+    diffusers_folder: Path
+    transformer_file: Path
+    vae_file: Path
+    clip_file: Path
+    t5_file: Path
+    siglip_folder: Path
+    dinov2_folder: Path
+    adapter_bin: Path
+    adapter_safetensors: Path
+
+
+def _comfy_modules():
+    path = str(comfyui_dir() / "ComfyUI")
+    if path not in sys.path:
+        sys.path.append(path)
+    import comfy.diffusers_convert
+    import comfy.utils
+
+    return comfy.utils, comfy.diffusers_convert
+
+
+def bfl_transformer_state(model) -> dict:
+    """A diffusers FLUX transformer's weights in the BFL layout (as flux1-dev.safetensors holds them),
+    through ComfyUI's own diffusers→BFL key map."""
+    comfy_utils, _ = _comfy_modules()
+    config = model.config
+    key_map = comfy_utils.flux_to_diffusers({"depth": config.num_layers, "depth_single_blocks": config.num_single_layers,
+                                             "hidden_size": config.num_attention_heads * config.attention_head_dim},
+                                            output_prefix="")
+    source = model.state_dict()
+    pieces: dict[str, list] = {}
+    out = {}
+    for diffusers_key, target in key_map.items():
+        if diffusers_key not in source:
+            continue
+        tensor = source[diffusers_key]
+        if isinstance(target, str):
+            out[target] = tensor.clone()
+        elif len(target) == 3 and callable(target[2]):         # (key, None, fix) — stored swapped
+            out[target[0]] = target[2](tensor.clone())
+        else:                                                   # (key, (dim, start, size)) — a slice of a fused tensor
+            name, (dim, start, size) = target[0], target[1]
+            pieces.setdefault(name, []).append((start, tensor))
+    for name, parts in pieces.items():
+        out[name] = torch.cat([tensor for _, tensor in sorted(parts, key=lambda part: part[0])], dim=0)
+    missing = set(source) - set(key_map)
+    assert not missing, f"ComfyUI's map lacks {sorted(missing)[:3]}"
+    return out
+
+
+def scaled_fp8(state: dict) -> dict:
+    """ComfyUI's "fp8 scaled" layout: each matrix stored as float8(weight / scale) beside its scale."""
+    out = {"scaled_fp8": torch.zeros(2, dtype=torch.float8_e4m3fn)}
+    for key, value in state.items():
+        if value.ndim == 2 and key.endswith(".weight") and "shared" not in key and "relative_attention" not in key:
+            scale = value.abs().max().float() / 448.0
+            out[key] = (value.float() / scale).to(torch.float8_e4m3fn)
+            out[key[: -len(".weight")] + ".scale_weight"] = scale.reshape(1)
+        else:
+            out[key] = value
+    return out
+
+
+def ldm_vae_state(model) -> dict:
+    _, diffusers_convert = _comfy_modules()
+    return diffusers_convert.convert_vae_state_dict(model.state_dict())
+
+
+def build_tiny_files(root: Path) -> TinyFiles:
+    """Write every layout under `root` (a few MB); returns where each file is."""
+    from diffusers import FluxPipeline
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    parts = {"transformer": transformer(), "vae": vae(), "text_encoder": clip_text(), "text_encoder_2": t5(),
+             "scheduler": scheduler()}
+    clip_tokenizer, t5_tokenizer = tokenizers()
+    folder = root / "diffusers" / "FLUX.1-dev-tiny"
+    FluxPipeline(tokenizer=clip_tokenizer, tokenizer_2=t5_tokenizer, **parts).save_pretrained(folder,
+                                                                                            safe_serialization=True)
+    singles = root / "single"
+    singles.mkdir(exist_ok=True)
+
+    def contiguous(state):
+        return {k: v.contiguous() for k, v in state.items()}
+
+    files = dict(
+        transformer_file=singles / "flux1-dev-tiny.safetensors",
+        vae_file=singles / "ae-tiny.safetensors",
+        clip_file=singles / "clip_l-tiny.safetensors",
+        t5_file=singles / "t5xxl-tiny.safetensors",
+    )
+    save_file(contiguous(bfl_transformer_state(parts["transformer"])), files["transformer_file"])
+    save_file(contiguous(ldm_vae_state(parts["vae"])), files["vae_file"])
+    # ComfyUI's clip_l.safetensors: Hugging Face names under "text_model."
+    clip_state = {key if key.startswith("text_model.") else f"text_model.{key}": value
+                  for key, value in parts["text_encoder"].state_dict().items() if "position_ids" not in key}
+    save_file(contiguous(clip_state), files["clip_file"])
+    t5_state = {k: v for k, v in parts["text_encoder_2"].state_dict().items() if k != "encoder.embed_tokens.weight"}
+    save_file(contiguous(t5_state), files["t5_file"])
+    # the formats users download: fp16 / fp8 "scaled" T5, bf16 / fp8 transformer
+    save_file(contiguous({k: v.to(torch.float16) for k, v in t5_state.items()}), singles / "t5xxl-tiny_fp16.safetensors")
+    save_file(contiguous(scaled_fp8(t5_state)), singles / "t5xxl-tiny_fp8_e4m3fn_scaled.safetensors")
+    bfl = bfl_transformer_state(parts["transformer"])
+    save_file(contiguous({k: v.to(torch.bfloat16) for k, v in bfl.items()}), singles / "flux1-dev-tiny-bf16.safetensors")
+    save_file(contiguous({k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in bfl.items()}),
+              singles / "flux1-dev-tiny-fp8_e4m3fn.safetensors")
+
+    encoders = root / "clip_vision"
+    siglip_folder, dinov2_folder = encoders / "siglip-tiny", encoders / "dinov2-tiny"
+    siglip().save_pretrained(siglip_folder)
+    dinov2().save_pretrained(dinov2_folder)
+    shutil.copy(CONFIGS / "siglip_preprocessor.json", siglip_folder / "preprocessor_config.json")
+    shutil.copy(CONFIGS / "dinov2_preprocessor.json", dinov2_folder / "preprocessor_config.json")
+
+    adapters = root / "instantcharacter"
+    adapters.mkdir(exist_ok=True)
+    state = adapter_state()
+    torch.save(state, adapters / "instantcharacter-tiny.bin")
+    flat = {f"{part}.{key}": value.contiguous() for part, values in state.items() for key, value in values.items()}
+    save_file(flat, adapters / "instantcharacter-tiny.safetensors")
+    return TinyFiles(root=root, diffusers_folder=folder, siglip_folder=siglip_folder, dinov2_folder=dinov2_folder,
+                     adapter_bin=adapters / "instantcharacter-tiny.bin",
+                     adapter_safetensors=adapters / "instantcharacter-tiny.safetensors", **files)

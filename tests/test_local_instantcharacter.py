@@ -1,0 +1,257 @@
+"""Local InstantCharacter on tiny models (CPU, fp32, hub offline): fidelity to the reference
+implementation, every file layout users have, strict adapter loading, caches, memory modes."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import instantcharacter_fidelity as cases
+import instantcharacter_models as tiny
+from pipelines.local.instantcharacter import adapter as adapter_module
+from pipelines.local.instantcharacter.loading import (FluxFiles, InstantCharacterFiles, ModelFileError, build_pipeline,
+                                                      flux_bfl_to_diffusers, flux_config_from_bfl)
+
+REFERENCE = json.loads((tiny.REPO_ROOT / "tests" / "data" / "instantcharacter_reference.json").read_text())
+TOLERANCE = 1e-4
+
+
+def test_the_hub_is_offline_for_the_whole_suite():
+    from huggingface_hub import constants
+
+    assert constants.HF_HUB_OFFLINE
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return tiny.build_tiny_files(tmp_path_factory.mktemp("tiny-instantcharacter"))
+
+
+def pipeline_files(files, flux: FluxFiles | None = None, adapter=None, **changes) -> InstantCharacterFiles:
+    clip_tokenizer, t5_tokenizer = tiny.comfy_tokenizer_dirs()
+    values = dict(flux=flux or FluxFiles(folder=files.diffusers_folder), siglip=files.siglip_folder,
+                  dinov2=files.dinov2_folder, adapter=adapter or files.adapter_bin, clip_tokenizer=clip_tokenizer,
+                  t5_tokenizer=t5_tokenizer)
+    values.update(changes)
+    return InstantCharacterFiles(**values)
+
+
+@pytest.fixture(scope="module")
+def pipe(files):
+    return build_pipeline(pipeline_files(files))
+
+
+def run_case(pipe, case: cases.Case, output: str, **changes):
+    options = dict(width=case.width, height=case.height, seed=case.seed, steps=case.steps, guidance=case.guidance,
+                   subject_scale=case.subject_scale, true_cfg_scale=case.true_cfg_scale)
+    options.update(changes)
+    return pipe.generate(cases.reference_image(), case.prompt, case.negative_prompt, output=output, **options)
+
+
+# ---- fidelity ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(cases.CASES))
+def test_same_weights_and_seed_give_the_reference_output(pipe, name):
+    """Recorded from Tencent/InstantCharacter itself (scripts/record_instantcharacter_reference.py)."""
+    recorded = REFERENCE["cases"][name]
+    latents = run_case(pipe, cases.CASES[name], "latent")
+    assert np.abs(latents.numpy() - cases.as_array(recorded["latents"])).max() < TOLERANCE
+    image = run_case(pipe, cases.CASES[name], "pt")
+    assert np.abs(image.numpy() - cases.as_array(recorded["image"])).max() < TOLERANCE
+
+
+def test_another_seed_or_reference_changes_the_output(pipe):
+    """The comparison above has teeth: the recorded output is not what any input gives."""
+    case = cases.CASES["demo_scale"]
+    recorded = cases.as_array(REFERENCE["cases"]["demo_scale"]["latents"])
+    assert np.abs(run_case(pipe, case, "latent", seed=case.seed + 1).numpy() - recorded).max() > 0.1
+    flipped = cases.reference_image().transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    latents = pipe.generate(flipped, case.prompt, width=case.width, height=case.height, seed=case.seed,
+                            steps=case.steps, subject_scale=case.subject_scale, output="latent")
+    assert np.abs(latents.numpy() - recorded).max() > 1e-3
+
+
+def test_subject_scale_zero_reproduces_plain_flux(pipe):
+    """diffusers' own FluxPipeline (no adapter at all) with the same weights, seed and settings."""
+    from diffusers import FluxPipeline
+
+    flux = pipe.flux
+    plain = FluxPipeline(**{name: getattr(flux, name) for name in
+                            ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")},
+                         transformer=tiny.transformer())
+    prompt = "a lighthouse at dusk"
+    expected = plain(prompt, height=48, width=64, num_inference_steps=3, guidance_scale=3.5, max_sequence_length=512,
+                     generator=torch.Generator("cpu").manual_seed(5), output_type="latent").images
+    ours = pipe.generate(cases.reference_image(), prompt, width=64, height=48, seed=5, steps=3, subject_scale=0.0,
+                         output="latent")
+    assert (ours - expected).abs().max() < 1e-5          # fp32 rounding only
+    with_subject = pipe.generate(cases.reference_image(), prompt, width=64, height=48, seed=5, steps=3,
+                                 subject_scale=0.9, output="latent")
+    assert (with_subject - expected).abs().max() > 1e-3
+
+
+def test_the_first_image_of_a_batch_is_the_single_image_of_that_seed(pipe):
+    case = cases.CASES["demo_scale"]
+    single = run_case(pipe, case, "latent")
+    batch = run_case(pipe, case, "latent", num_images=2)
+    assert batch.shape[0] == 2
+    assert torch.allclose(batch[:1], single, atol=1e-5) and (batch[1] - batch[0]).abs().max() > 0.1
+
+
+# ---- the files users have --------------------------------------------------------------------------
+
+def test_single_files_load_to_the_same_pipeline_as_the_diffusers_folder(files, pipe):
+    flux = FluxFiles(transformer=files.transformer_file, vae=files.vae_file, clip_l=files.clip_file,
+                     t5xxl=files.t5_file)
+    singles = build_pipeline(pipeline_files(files, flux))
+    case = cases.CASES["true_cfg"]
+    assert torch.allclose(run_case(singles, case, "pt"), run_case(pipe, case, "pt"), atol=1e-6)
+
+
+@pytest.mark.parametrize(("part", "name", "precision"), [
+    ("transformer", "flux1-dev-tiny-bf16.safetensors", 2 ** -8),
+    ("transformer", "flux1-dev-tiny-fp8_e4m3fn.safetensors", 2 ** -3),
+    ("t5xxl", "t5xxl-tiny_fp16.safetensors", 2 ** -11),
+    ("t5xxl", "t5xxl-tiny_fp8_e4m3fn_scaled.safetensors", 2 ** -3),
+])
+def test_reduced_precision_files_hold_the_same_weights(files, pipe, part, name, precision):
+    """bf16 / fp8 transformers and fp16 / fp8-"scaled" T5 files load to the same weights up to the
+    format's rounding (an fp8-scaled file read without its scales would be off by ~100x), and run."""
+    flux = FluxFiles(folder=files.diffusers_folder, **{part: files.transformer_file.parent / name})
+    reduced = build_pipeline(pipeline_files(files, flux))
+    module = {"transformer": "transformer", "t5xxl": "text_encoder_2"}[part]
+    exact = getattr(pipe.flux, module).state_dict()
+    for key, value in getattr(reduced.flux, module).state_dict().items():
+        reference = exact[key]
+        error = (value.float() - reference).abs().max() / reference.abs().max().clamp(min=1e-12)
+        assert error <= precision, (key, float(error))
+    case = cases.CASES["demo_scale"]
+    assert torch.isfinite(run_case(reduced, case, "latent")).all()
+
+
+def test_the_bfl_conversion_matches_comfyuis_own_key_map_at_real_size():
+    """FLUX.1-dev's real architecture on the meta device: ComfyUI's diffusers→BFL map gives the
+    single-file layout; the pack reads back the config and every key with its shape."""
+    from diffusers import FluxTransformer2DModel
+
+    from pipelines.local.instantcharacter.loading import shipped_config
+
+    config = {k: v for k, v in shipped_config("flux_transformer.json").items() if not k.startswith("_")}
+    with torch.device("meta"):
+        model = FluxTransformer2DModel(**config)
+    bfl = tiny.bfl_transformer_state(model)
+    detected = flux_config_from_bfl(bfl, "flux1-dev.safetensors")
+    assert detected == config
+    converted = flux_bfl_to_diffusers(bfl, detected)
+    assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def test_the_official_adapter_layout_loads_at_its_real_size():
+    """The key layout of the 5.6 GB instantcharacter_ip-adapter.bin (from the reference's modules at
+    their released sizes), on the meta device: sizes are read from it and it fits FLUX.1-dev."""
+    layout = REFERENCE["official_layout"]
+    state = {"image_proj": {k: torch.empty(shape, device="meta") for k, shape in layout["image_proj"].items()},
+             "ip_adapter": {k: torch.empty(shape, device="meta") for k, shape in layout["ip_adapter"].items()}}
+    size = adapter_module.projector_size(state["image_proj"])
+    assert (size.feature_dim, size.feature_heads, size.feature_layers) == (2688, 42, 4)
+    assert (size.resampler.num_queries, size.resampler.output_dim, size.resampler.dim) == (1024, 4096, 1280)
+    assert (size.resampler.heads, size.resampler.depth, size.resampler.timestep_dim) == (20, 4, 320)
+    attention = adapter_module.attention_size(state["ip_adapter"])
+    assert attention == adapter_module.AttentionSize(processors=57, hidden_size=3072, subject_dim=4096, head_dim=128)
+    built = adapter_module.build_adapter(state)
+    assert sum(p.numel() for p in built.projector.parameters()) + sum(
+        p.numel() for p in built.processors.parameters()) == pytest.approx(2.795e9, rel=0.01)
+
+
+# ---- strict adapter loading ------------------------------------------------------------------------
+
+def _saved(tmp_path, state, name="adapter.bin"):
+    path = tmp_path / name
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda s: s["image_proj"].pop("resampler.latents"), "missing key image_proj.resampler.latents"),
+    (lambda s: s["ip_adapter"].pop("3.norm_ip_k.scale"), "missing key ip_adapter.3.norm_ip_k.scale"),
+    (lambda s: s["image_proj"].__setitem__("proj.fc2.bias", torch.zeros(5)),
+     r"key image_proj.proj.fc2.bias has shape \(5,\); expected \(64,\)"),
+    (lambda s: s["ip_adapter"].__setitem__("1.to_q_ip.weight", torch.zeros(2, 2)), "unexpected key ip_adapter.1.to_q_ip"),
+    (lambda s: s.__setitem__("extra", {}), None),
+])
+def test_a_missing_extra_or_misshaped_tensor_is_an_error_naming_it(files, tmp_path, change, message):
+    state = tiny.adapter_state()
+    change(state)
+    if message is None:          # a third top-level entry: not silently ignored either
+        state = {f"{part}.{k}": v for part in ("image_proj", "ip_adapter") for k, v in state[part].items()} | {
+            "extra.weight": torch.zeros(1)}
+        message = "unexpected key 'extra.weight'"
+    with pytest.raises(adapter_module.AdapterFormatError, match=message):
+        build_pipeline(pipeline_files(files, adapter=_saved(tmp_path, state)))
+
+
+def test_an_adapter_for_another_transformer_is_refused_by_name(files, tmp_path):
+    state = tiny.adapter_state(processors=3)
+    with pytest.raises(ModelFileError, match="has 3 attention layers; this FLUX transformer has 4"):
+        build_pipeline(pipeline_files(files, adapter=_saved(tmp_path, state)))
+
+
+def test_the_safetensors_conversion_gives_the_same_images(files, pipe):
+    converted = build_pipeline(pipeline_files(files, adapter=files.adapter_safetensors))
+    case = cases.CASES["demo_scale"]
+    assert torch.allclose(run_case(converted, case, "latent"), run_case(pipe, case, "latent"), atol=1e-6)
+
+
+# ---- clear errors before weights load ---------------------------------------------------------------
+
+def test_missing_files_and_folders_are_named(files, tmp_path):
+    with pytest.raises(ModelFileError, match="no model_index.json"):
+        build_pipeline(pipeline_files(files, FluxFiles(folder=tmp_path)))
+    with pytest.raises(ModelFileError, match="ae-missing.safetensors does not exist"):
+        build_pipeline(pipeline_files(files, FluxFiles(folder=files.diffusers_folder,
+                                                       vae=tmp_path / "ae-missing.safetensors")))
+    with pytest.raises(ModelFileError, match="SigLIP: .* is not a Hugging Face model folder"):
+        build_pipeline(pipeline_files(files, siglip=tmp_path))
+
+
+def test_a_truncated_download_says_so(files, tmp_path):
+    truncated = tmp_path / "flux1-dev.safetensors"
+    truncated.write_bytes(files.transformer_file.read_bytes()[:5000])
+    with pytest.raises(ModelFileError, match="cannot read flux1-dev.safetensors .* download it again"):
+        build_pipeline(pipeline_files(files, FluxFiles(folder=files.diffusers_folder, transformer=truncated)))
+
+
+def test_a_shallow_image_encoder_is_refused(files, tmp_path):
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    folder = tmp_path / "siglip-shallow"
+    SiglipVisionModel(SiglipVisionConfig(**{**tiny.SIGLIP, "num_hidden_layers": 12})).save_pretrained(folder)
+    with pytest.raises(ValueError, match="SigLIP has 12 layers; InstantCharacter reads its hidden states 7, 13, 26"):
+        build_pipeline(pipeline_files(files, siglip=folder))
+
+
+# ---- caches and memory ----------------------------------------------------------------------------------
+
+def test_a_new_seed_with_the_same_reference_and_prompt_encodes_nothing_again(files):
+    pipe = build_pipeline(pipeline_files(files))
+    case = cases.CASES["demo_scale"]
+    run_case(pipe, case, "latent")
+    before = dict(vars(pipe.counters))
+    run_case(pipe, case, "latent", seed=case.seed + 11)
+    after = dict(vars(pipe.counters))
+    assert (after["text_encoder"], after["image_encoders"], after["projector"]) == (
+        before["text_encoder"], before["image_encoders"], before["projector"])
+    assert after["transformer"] == before["transformer"] + case.steps
+    other = Image.new("RGB", (50, 70), (10, 200, 30))
+    pipe.generate(other, case.prompt, width=case.width, height=case.height, steps=case.steps, output="latent")
+    assert pipe.counters.image_encoders == after["image_encoders"] + 1
+
+
+@pytest.mark.parametrize("mode", ["model_offload", "group_offload", "sequential_offload"])
+def test_every_memory_mode_gives_the_same_image(files, pipe, mode):
+    other = build_pipeline(pipeline_files(files), memory=mode)
+    case = cases.CASES["strong_subject_square"]
+    assert torch.allclose(run_case(other, case, "latent"), run_case(pipe, case, "latent"), atol=1e-6)
