@@ -4,9 +4,12 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .cloud import CLOUD_NODES
+from .local import LOCAL_NODES
+from .model_files import register_folders
 from .reference import PrepareCharacterReference
 
 
 class CharacterIdentityExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [PrepareCharacterReference, *CLOUD_NODES]
+        register_folders()          # before the schemas list the model folders
+        return [PrepareCharacterReference, *CLOUD_NODES, *LOCAL_NODES]

@@ -23,6 +23,7 @@ class ComfyRunContext:
         self.node_id = node_id
         self.bar: comfy.utils.ProgressBar | None = None
         self.cancel_seen = False
+        self._previewer = None          # built on the first preview; False when previews are off
 
     def report_status(self, text: str) -> None:
         from server import PromptServer      # ComfyUI's server module, present whenever nodes run
@@ -30,11 +31,14 @@ class ComfyRunContext:
         if self.node_id is not None and PromptServer.instance is not None:
             PromptServer.instance.send_progress_text(text, self.node_id)
 
-    def report_progress(self, done: float, total: float) -> None:
+    def report_progress(self, done: float, total: float, preview=None) -> None:
+        """Also called from a local pipeline's worker thread: ComfyUI's progress hook hands its
+        messages to the server's event loop thread-safely."""
         if self.bar is None:
             self.bar = comfy.utils.ProgressBar(total, node_id=self.node_id)
+        image = self._preview_image(preview) if preview is not None else None
         try:
-            self.bar.update_absolute(done, total)
+            self.bar.update_absolute(done, total, image)
         except comfy.model_management.InterruptProcessingException:
             # ComfyUI's progress hook clears its interrupt flag before raising this, so the Cancel
             # must be remembered here or it is lost (and a billable submit would go out next)
@@ -42,6 +46,30 @@ class ComfyRunContext:
 
     def interrupted(self) -> bool:
         return self.cancel_seen or comfy.model_management.processing_interrupted()
+
+    def _preview_image(self, latents):
+        """The step's denoised latents as ComfyUI's preview (its --preview-method decides; off by default)."""
+        if self._previewer is None:
+            import latent_preview
+
+            self._previewer = latent_preview.get_previewer(latents.device, latent_format_for(latents.shape[1])) or False
+        if not self._previewer:
+            return None
+        return self._previewer.decode_latent_to_preview_image("JPEG", latents[:1].float())
+
+
+def latent_format_for(channels: int):
+    """FLUX's latent format (16 channels); any other count gets a plain channels-to-RGB mapping."""
+    import comfy.latent_formats
+
+    flux = comfy.latent_formats.Flux()
+    if channels == flux.latent_channels:
+        return flux
+    generic = comfy.latent_formats.LatentFormat()
+    generic.latent_channels = channels
+    generic.latent_rgb_factors = [[1.0 / max(1, (channels + 2) // 3) if c % 3 == k else 0.0 for k in range(3)]
+                                  for c in range(channels)]
+    return generic
 
 
 def pack_state_dir() -> str:

@@ -228,7 +228,10 @@ class RunContext(Protocol):
 
     def report_status(self, text: str) -> None: ...
 
-    def report_progress(self, done: float, total: float) -> None: ...
+    def report_progress(self, done: float, total: float, preview: Any = None) -> None:
+        """`preview`: optional latents of a local model's current denoised estimate, [B, C, h, w]
+        (the host may turn them into a preview image)."""
+        ...
 
     def interrupted(self) -> bool: ...
 
@@ -243,7 +246,7 @@ class DetachedRunContext:
     def report_status(self, text: str) -> None:
         self.statuses.append(text)
 
-    def report_progress(self, done: float, total: float) -> None:
+    def report_progress(self, done: float, total: float, preview: Any = None) -> None:
         self.progress.append((done, total))
 
     def interrupted(self) -> bool:

@@ -21,6 +21,10 @@ def comfyui(tmp_path_factory, emulator_servers):
     from cloud_helpers import TEST_KEYS
 
     base = tmp_path_factory.mktemp("comfyui-base")
+    # tiny local models in the user's model folders, before ComfyUI lists them
+    from instantcharacter_models import build_tiny_files, install_into_models
+
+    local_models = install_into_models(build_tiny_files(tmp_path_factory.mktemp("tiny-models")), base / "models")
     keys_file = base / "keys.ini"
     keys_file.write_text(f"[keys]\nSEGMIND_API_KEY = {TEST_KEYS['SEGMIND_API_KEY']}\n")
     env = {
@@ -33,9 +37,11 @@ def comfyui(tmp_path_factory, emulator_servers):
         "SEGMIND_API_KEY": "",
         "CHARACTER_IDENTITY_KEYS": str(keys_file),
         "CHARACTER_IDENTITY_REQUEST_TIMEOUT": "3",
+        "HF_HUB_OFFLINE": "1",
     }
-    server = ComfyUIServer(base, env=env).start()
+    server = ComfyUIServer(base, env=env, extra_args=["--preview-method", "auto"]).start()
     server.keys_file = keys_file
+    server.local_models = local_models
     try:
         yield server
     finally:

@@ -285,3 +285,27 @@ def build_tiny_files(root: Path) -> TinyFiles:
     return TinyFiles(root=root, diffusers_folder=folder, siglip_folder=siglip_folder, dinov2_folder=dinov2_folder,
                      adapter_bin=adapters / "instantcharacter-tiny.bin",
                      adapter_safetensors=adapters / "instantcharacter-tiny.safetensors", **files)
+
+
+def install_into_models(files: TinyFiles, models: Path) -> dict[str, str]:
+    """Put the tiny files where a ComfyUI user keeps theirs (the encoders nested, as Hugging Face
+    names them); returns the names the loader node lists."""
+    places = {
+        files.diffusers_folder: models / "diffusers" / "FLUX.1-dev-tiny",
+        files.transformer_file: models / "diffusion_models" / "flux1-dev-tiny.safetensors",
+        files.vae_file: models / "vae" / "ae-tiny.safetensors",
+        files.clip_file: models / "text_encoders" / "clip_l-tiny.safetensors",
+        files.t5_file: models / "text_encoders" / "t5xxl-tiny.safetensors",
+        files.siglip_folder: models / "clip_vision" / "google" / "siglip-tiny",
+        files.dinov2_folder: models / "clip_vision" / "facebook" / "dinov2-tiny",
+        files.adapter_bin: models / "instantcharacter" / "instantcharacter-tiny.bin",
+    }
+    for source, target in places.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        else:
+            shutil.copy(source, target)
+    return {"flux_folder": "FLUX.1-dev-tiny (diffusers folder)", "flux_file": "flux1-dev-tiny.safetensors",
+            "vae": "ae-tiny.safetensors", "clip_l": "clip_l-tiny.safetensors", "t5xxl": "t5xxl-tiny.safetensors",
+            "siglip": "google/siglip-tiny", "dinov2": "facebook/dinov2-tiny", "adapter": "instantcharacter-tiny.bin"}

@@ -18,6 +18,8 @@ PACK_NODES = {
     "CharIDWaveSpeedInstantCharacter": "Character Identity/Cloud",
     "CharIDFalInstantCharacter": "Character Identity/Cloud",
     "CharIDSegmindInstantID": "Character Identity/Cloud",
+    "CharIDInstantCharacterLoader": "Character Identity/Local",
+    "CharIDInstantCharacterLocal": "Character Identity/Local",
 }
 GREEN, RED = (0, 255, 0), (255, 0, 0)
 

@@ -3,6 +3,7 @@ implementation, every file layout users have, strict adapter loading, caches, me
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -255,3 +256,45 @@ def test_every_memory_mode_gives_the_same_image(files, pipe, mode):
     other = build_pipeline(pipeline_files(files), memory=mode)
     case = cases.CASES["strong_subject_square"]
     assert torch.allclose(run_case(other, case, "latent"), run_case(pipe, case, "latent"), atol=1e-6)
+
+
+def _resident_megabytes() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_twenty_runs_in_a_row_do_not_grow_memory(files):
+    pipe = build_pipeline(pipeline_files(files))
+    reference = cases.reference_image()
+    for seed in range(3):                          # warm-up: kernels, allocator pools, caches filled
+        pipe.generate(reference, f"prompt {seed % 2}", width=64, height=48, seed=seed, steps=3)
+    before = _resident_megabytes()
+    for seed in range(3, 23):
+        pipe.generate(reference, f"prompt {seed % 2}", width=64, height=48, seed=seed, steps=3)
+    assert _resident_megabytes() - before < 40, "memory grew over twenty runs"
+    assert len(pipe.token_cache) <= pipe.token_cache.size and len(pipe.prompt_cache) == 2
+
+
+def test_the_readme_python_example_names_the_real_api():
+    """The README's "From Python" snippet: every keyword it passes exists in the code it calls."""
+    import ast
+    import inspect
+    import re
+
+    from pipelines.local.instantcharacter.loading import FluxFiles, InstantCharacterFiles, build_pipeline
+    from pipelines.local.instantcharacter.pipeline import InstantCharacterPipeline
+
+    readme = (tiny.REPO_ROOT / "README.md").read_text()
+    [snippet] = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "build_pipeline" in block]
+    callables = {"FluxFiles": FluxFiles, "InstantCharacterFiles": InstantCharacterFiles,
+                 "build_pipeline": build_pipeline, "generate": InstantCharacterPipeline.generate}
+    seen = set()
+    for node in ast.walk(ast.parse(snippet)):
+        if isinstance(node, ast.Call):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+            if name in callables:
+                parameters = inspect.signature(callables[name]).parameters
+                for keyword in node.keywords:
+                    assert keyword.arg in parameters, f"{name}({keyword.arg}=…) is not in the code"
+                seen.add(name)
+    assert seen == set(callables)

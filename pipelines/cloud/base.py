@@ -122,8 +122,8 @@ class RedactingContext:
     def report_status(self, text: str) -> None:
         self._context.report_status(self._redact(text))
 
-    def report_progress(self, done: float, total: float) -> None:
-        self._context.report_progress(done, total)
+    def report_progress(self, done: float, total: float, preview: Any = None) -> None:
+        self._context.report_progress(done, total, preview)
 
     def interrupted(self) -> bool:
         return self._context.interrupted()

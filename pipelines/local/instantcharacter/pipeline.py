@@ -58,11 +58,9 @@ class Counters:
 
 @dataclass
 class StepInfo:
-    step: int              # 1-based
+    step: int                # 1-based
     total: int
-    latents: torch.Tensor  # packed latents after this step
-    height: int
-    width: int
+    denoised: torch.Tensor   # this step's estimate of the final latents, unpacked [B, C, h, w] (previews)
 
 
 @dataclass
@@ -193,9 +191,13 @@ class InstantCharacterPipeline:
                         negative = self._transformer(latents, timestep, guidance_vector, batched(negative_pooled),
                                                      batched(negative_embeds), text_ids, image_ids, attention_kwargs)
                         prediction = negative + true_cfg_scale * (prediction - negative)
+                    if on_step is not None:      # flow matching: x0 = x_t - sigma_t * velocity
+                        denoised = latents - flux.scheduler.sigmas[index] * prediction
+                        on_step_info = StepInfo(index + 1, len(timesteps), flux._unpack_latents(
+                            denoised, height, width, flux.vae_scale_factor))
                     latents = flux.scheduler.step(prediction, t, latents, return_dict=False)[0]
                     if on_step is not None:
-                        on_step(StepInfo(index + 1, len(timesteps), latents, height, width))
+                        on_step(on_step_info)
 
             if output == "latent":
                 return latents

@@ -1,0 +1,190 @@
+"""Local InstantCharacter nodes: a loader (model files, memory mode, dtype) whose output ComfyUI
+caches, and a generator with the same first ten sockets as the cloud InstantCharacter nodes.
+
+Thin adapters over pipelines.local.instantcharacter: file names → paths through folder_paths,
+ComfyUI's device choice and model management, and the shared runtime for progress, previews and
+Cancel. The loaded pipeline lives in the loader's output (never in a module global).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from comfy_api.latest import io
+
+from . import model_files as files
+from .common import CATEGORY_LOCAL, node_id
+from .generator_inputs import Defaults, build_request, float_input, generator_schema, validate_prompt
+from .runtime import generate
+
+PIPELINE_TYPE = "CHARID_INSTANTCHARACTER"
+InstantCharacterPipelineSocket = io.Custom(PIPELINE_TYPE)
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass
+class LoadedInstantCharacter:
+    """The loader's output: the pipeline and how it was loaded (the generator reports both)."""
+
+    pipeline: Any
+    memory_mode: str
+    sources: dict[str, str]
+
+
+def _memory_modes() -> list[str]:
+    from ..pipelines.local.instantcharacter.memory import MEMORY_MODES
+
+    return list(MEMORY_MODES)
+
+
+class InstantCharacterLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("InstantCharacterLoader"), display_name="Load InstantCharacter (local)",
+            category=CATEGORY_LOCAL,
+            description="FLUX.1-dev + SigLIP + DINOv2 + the InstantCharacter adapter from your model folders. "
+                        "FLUX from a diffusers folder (models/diffusers) or the single files ComfyUI uses "
+                        "(diffusion_models + vae + text_encoders). Nothing is downloaded.",
+            inputs=[
+                io.Combo.Input("flux_model", options=files.flux_model_options(),
+                               tooltip="A FLUX.1-dev transformer file (models/diffusion_models) or a diffusers folder."),
+                io.Combo.Input("vae", options=files.vae_options(), tooltip="ae.safetensors (models/vae)."),
+                io.Combo.Input("clip_l", options=files.text_encoder_options(), tooltip="models/text_encoders"),
+                io.Combo.Input("t5xxl", options=files.text_encoder_options(),
+                               tooltip="models/text_encoders (fp16, or fp8 'scaled')"),
+                io.Combo.Input("siglip", options=files.image_encoder_options(),
+                               tooltip="Hugging Face folder of google/siglip-so400m-patch14-384 in models/clip_vision"),
+                io.Combo.Input("dinov2", options=files.image_encoder_options(),
+                               tooltip="Hugging Face folder of facebook/dinov2-giant in models/clip_vision"),
+                io.Combo.Input("adapter", options=files.adapter_options(),
+                               tooltip="instantcharacter_ip-adapter.bin (models/instantcharacter)"),
+                io.Combo.Input("memory_mode", options=_memory_modes(), default="model_offload",
+                               tooltip="resident (most VRAM, fastest) → model_offload → group_offload → "
+                                       "sequential_offload (least VRAM, slowest)."),
+                io.Combo.Input("dtype", options=list(DTYPES), default="auto",
+                               tooltip="auto: bf16 on GPUs that support it, fp32 on the CPU."),
+            ],
+            outputs=[InstantCharacterPipelineSocket.Output(display_name="pipeline")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, flux_model, vae, clip_l, t5xxl, siglip, dinov2, adapter) -> bool | str:
+        for name, value in (("flux_model", flux_model), ("siglip", siglip), ("dinov2", dinov2), ("adapter", adapter)):
+            if value == files.NONE_FOUND:
+                kind = {"flux_model": "diffusion_models", "adapter": "instantcharacter"}.get(name, "clip_vision")
+                return f"{name}: no model found; put {files.WHERE_TO_GET[kind]} into models/{kind}"
+        if not flux_model.endswith(files.FOLDER_SUFFIX):
+            missing = [name for name, value in (("vae", vae), ("clip_l", clip_l), ("t5xxl", t5xxl))
+                       if value == files.FROM_FOLDER]
+            if missing:
+                return (f"{', '.join(missing)}: a single FLUX transformer file needs its own VAE and text encoder "
+                        "files (or choose a diffusers folder as flux_model)")
+        return True
+
+    @classmethod
+    def execute(cls, flux_model, vae, clip_l, t5xxl, siglip, dinov2, adapter, memory_mode, dtype) -> io.NodeOutput:
+        import comfy.model_management as mm
+        import torch
+
+        from ..pipelines.local.instantcharacter.loading import FluxFiles, InstantCharacterFiles, build_pipeline
+
+        def chosen(kinds, value):
+            return None if value == files.FROM_FOLDER else files.find_file(kinds, value)
+
+        if flux_model.endswith(files.FOLDER_SUFFIX):
+            flux = FluxFiles(folder=files.find_folder("diffusers", flux_model[: -len(files.FOLDER_SUFFIX)]),
+                             vae=chosen(("vae",), vae), clip_l=chosen(("text_encoders",), clip_l),
+                             t5xxl=chosen(("text_encoders",), t5xxl))
+        else:
+            flux = FluxFiles(transformer=files.find_file(("diffusion_models",), flux_model),
+                             vae=chosen(("vae",), vae), clip_l=chosen(("text_encoders",), clip_l),
+                             t5xxl=chosen(("text_encoders",), t5xxl))
+        clip_tokenizer, t5_tokenizer = files.tokenizer_folders()
+        plan = InstantCharacterFiles(flux=flux, siglip=files.find_folder("clip_vision", siglip),
+                                     dinov2=files.find_folder("clip_vision", dinov2),
+                                     adapter=files.find_file((files.INSTANTCHARACTER_FOLDER,), adapter),
+                                     clip_tokenizer=clip_tokenizer, t5_tokenizer=t5_tokenizer)
+        plan.check()                                  # every file there before any weight loads
+
+        device = mm.get_torch_device()                # honours --cpu and ComfyUI's device choice
+        torch_dtype = _resolve_dtype(dtype, device)
+        if device.type != "cpu":
+            # make room: ComfyUI unloads what it holds before a load of this size
+            mm.free_memory(_weights_size(plan, torch_dtype), device)
+        pipeline = build_pipeline(plan, device=device, dtype=torch_dtype, memory=memory_mode)
+        sources = {"flux": flux_model, "siglip": siglip, "dinov2": dinov2, "adapter": adapter}
+        return io.NodeOutput(LoadedInstantCharacter(pipeline, memory_mode, sources))
+
+
+def _resolve_dtype(name: str, device):
+    import comfy.model_management as mm
+    import torch
+
+    if name == "auto":
+        if device.type == "cpu":
+            return torch.float32
+        return torch.bfloat16 if mm.should_use_bf16(device) else torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def _weights_size(plan, dtype) -> int:
+    """Bytes the weights take on the device, estimated from the files."""
+    paths = [plan.adapter, plan.flux.transformer, plan.flux.vae, plan.flux.clip_l, plan.flux.t5xxl]
+    total = 0
+    for path in filter(None, paths):
+        total += os.path.getsize(path)
+    for folder in filter(None, (plan.flux.folder, plan.siglip, plan.dinov2)):
+        for root, _, names in os.walk(folder):
+            total += sum(os.path.getsize(os.path.join(root, n)) for n in names if n.endswith((".safetensors", ".bin")))
+    return total
+
+
+class InstantCharacterLocalNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        from ..pipelines.local.instantcharacter.backend import LIMITS
+        from ..pipelines.local.instantcharacter.pipeline import DEFAULTS
+
+        return generator_schema(
+            node_id("InstantCharacterLocal"), "InstantCharacter (local)", CATEGORY_LOCAL,
+            "InstantCharacter on your own GPU (or CPU), from a Load InstantCharacter node. Same first ten "
+            "sockets as the cloud InstantCharacter nodes. FLUX.1-dev and the adapter are non-commercial releases.",
+            LIMITS, Defaults(steps=DEFAULTS["steps"], guidance=DEFAULTS["guidance"], strength=DEFAULTS["subject_scale"],
+                             size_step=16),
+            "Subject scale: how strongly the reference character is imposed (0 = plain FLUX).",
+            [
+                InstantCharacterPipelineSocket.Input("pipeline", tooltip="From Load InstantCharacter (local)."),
+                float_input("true_cfg_scale", LIMITS.extras["true_cfg_scale"], DEFAULTS["true_cfg_scale"], step=0.1,
+                            tooltip="Above 1 the negative prompt takes effect (true CFG; twice the work per step)."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, prompt=None, width=None, height=None) -> bool | str:
+        """Queue-time checks, before the loader spends minutes on weights. (ComfyUI leaves the range
+        of an input that validate_inputs takes to it, so the whole range is checked here.)"""
+        from ..pipelines.contract import RequestValidationError
+        from ..pipelines.local.instantcharacter.backend import LIMITS
+
+        for name, value in (("width", width), ("height", height)):
+            if value is not None:
+                try:
+                    getattr(LIMITS, name).check(LIMITS.backend, name, value)
+                except RequestValidationError as exc:
+                    return str(exc)
+        return validate_prompt(prompt)
+
+    @classmethod
+    async def execute(cls, reference, prompt, negative_prompt, width, height, seed, steps, guidance, num_images,
+                      strength, pipeline, true_cfg_scale) -> io.NodeOutput:
+        from ..pipelines.local.instantcharacter.backend import LocalInstantCharacter
+
+        request = build_request(reference, prompt, negative_prompt, width, height, seed, steps, guidance, num_images,
+                                strength, {"true_cfg_scale": true_cfg_scale})
+        backend = LocalInstantCharacter(pipeline.pipeline, pipeline.memory_mode)
+        return io.NodeOutput(*await generate(backend, request, cls.hidden.unique_id))
+
+
+LOCAL_NODES = [InstantCharacterLoader, InstantCharacterLocalNode]

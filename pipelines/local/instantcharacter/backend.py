@@ -1,0 +1,73 @@
+"""Local InstantCharacter behind the shared generation contract.
+
+The heavy work runs in a worker thread, so the host's event loop stays free (cloud nodes in the
+same ComfyUI prompt keep polling and downloading while the GPU works). Progress and a preview
+estimate are reported after every step, and Cancel is checked there: it lands within one step.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import torch
+
+from ...contract import (BackendLimits, GenerationBackend, GenerationInterrupted, GenerationRequest, GenerationResult,
+                         NumberRange, RunContext)
+from .memory import NEXT_MODE
+from .pipeline import DEFAULTS, InstantCharacterPipeline, StepInfo
+
+SEED_MAX = 0xFFFFFFFFFFFFFFFF          # torch generators take any 64-bit seed (as ComfyUI's KSampler)
+
+LIMITS = BackendLimits(
+    backend="InstantCharacter (local)",
+    width=NumberRange(64, 2048, integer=True, multiple_of=16),
+    height=NumberRange(64, 2048, integer=True, multiple_of=16),
+    seed=NumberRange(0, SEED_MAX, integer=True),
+    steps=NumberRange(1, 100, integer=True),
+    guidance=NumberRange(0, 20),
+    num_images=NumberRange(1, 4, integer=True),
+    identity_strength=NumberRange(0, 2),            # the reference's subject_scale
+    extras={"true_cfg_scale": NumberRange(1, 10)},
+)
+
+
+class LocalInstantCharacter(GenerationBackend):
+    name = LIMITS.backend
+
+    def __init__(self, pipeline: InstantCharacterPipeline, memory_mode: str = "resident"):
+        self.pipeline = pipeline
+        self.memory_mode = memory_mode
+
+    @property
+    def limits(self) -> BackendLimits:
+        return LIMITS
+
+    async def _run(self, request: GenerationRequest, context: RunContext) -> GenerationResult:
+        started = time.monotonic()
+        true_cfg = float(request.extras.get("true_cfg_scale") or DEFAULTS["true_cfg_scale"])
+
+        def on_step(step: StepInfo) -> None:
+            context.report_progress(step.step, step.total, step.denoised)
+            if context.interrupted():
+                raise GenerationInterrupted(f"{self.name}: cancelled at step {step.step}/{step.total}")
+
+        context.report_status(f"{self.name}: generating")
+        counters_before = dict(vars(self.pipeline.counters))
+        try:
+            images = await asyncio.to_thread(
+                self.pipeline.generate, request.reference, request.prompt, request.negative_prompt,
+                width=request.width, height=request.height, seed=request.seed, steps=request.steps,
+                guidance=request.guidance, num_images=request.num_images, subject_scale=request.identity_strength,
+                true_cfg_scale=true_cfg, on_step=on_step)
+        except torch.OutOfMemoryError:
+            hint = (f"; try the memory mode '{NEXT_MODE[self.memory_mode]}' in the loader"
+                    if self.memory_mode in NEXT_MODE else "; lower the size or the number of images")
+            raise MemoryError(f"{self.name}: out of GPU memory in memory mode '{self.memory_mode}'{hint}") from None
+        counters = {key: value - counters_before[key] for key, value in vars(self.pipeline.counters).items()}
+        details = {"memory_mode": self.memory_mode, "dtype": str(self.pipeline.dtype).removeprefix("torch."),
+                   "device": str(self.pipeline.device), "subject_scale": request.identity_strength,
+                   "true_cfg_scale": true_cfg, "encoder_calls": counters}
+        if true_cfg <= 1 and request.negative_prompt.strip():
+            details["ignored_inputs"] = ["negative_prompt (it takes effect with true_cfg_scale above 1)"]
+        return GenerationResult(images=images, backend=self.name, seed=request.seed,
+                                timings={"total": time.monotonic() - started}, details=details)

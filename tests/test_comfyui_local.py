@@ -1,0 +1,220 @@
+"""Local InstantCharacter inside a real ComfyUI, with the tiny models in the user's model folders:
+the loader and generator nodes, the socket layout shared with the cloud nodes, the same image as
+the pipeline gives in Python, hybrid local + cloud prompts, progress, previews and Cancel."""
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cloud_helpers import REFERENCE_RGB
+from comfyui_server import error_message
+
+pytestmark = pytest.mark.comfyui
+
+LOADER = "CharIDInstantCharacterLoader"
+LOCAL = "CharIDInstantCharacterLocal"
+
+
+@pytest.fixture(scope="module")
+def reference_name(comfyui):
+    import instantcharacter_fidelity as cases
+
+    buffer = io.BytesIO()
+    cases.reference_image().save(buffer, "JPEG", quality=95)            # a JPEG, as most references are
+    return comfyui.upload_image(buffer.getvalue(), "local_reference.jpg")
+
+
+def loader_node(comfyui, source: str = "files", memory_mode: str = "resident") -> dict:
+    names = comfyui.local_models
+    if source == "files":
+        flux = dict(flux_model=names["flux_file"], vae=names["vae"], clip_l=names["clip_l"], t5xxl=names["t5xxl"])
+    else:
+        folder = "(from the diffusers folder)"
+        flux = dict(flux_model=names["flux_folder"], vae=folder, clip_l=folder, t5xxl=folder)
+    return {"class_type": LOADER, "inputs": {**flux, "siglip": names["siglip"], "dinov2": names["dinov2"],
+                                             "adapter": names["adapter"], "memory_mode": memory_mode, "dtype": "auto"}}
+
+
+def local_node(seed=5, steps=3, width=80, height=64, prompt="a knight in a misty forest", **changes) -> dict:
+    inputs = {"reference": ["1", 0], "prompt": prompt, "negative_prompt": "", "width": width, "height": height,
+              "seed": seed, "steps": steps, "guidance": 3.5, "num_images": 1, "strength": 0.9, "pipeline": ["10", 0],
+              "true_cfg_scale": 1.0, **changes}
+    return {"class_type": LOCAL, "inputs": inputs}
+
+
+def graph(comfyui, reference_name, nodes: dict, loader: dict | None = None) -> dict:
+    prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": reference_name}},
+              "10": loader or loader_node(comfyui)}
+    for node_id, node in nodes.items():
+        prompt[node_id] = node
+        prompt[f"{node_id}s"] = {"class_type": "SaveImage", "inputs": {"images": [node_id, 0],
+                                                                      "filename_prefix": f"local/{node_id}"}}
+        prompt[f"{node_id}i"] = {"class_type": "PreviewAny", "inputs": {"source": [node_id, 1]}}
+    return prompt
+
+
+def outputs(comfyui, entry, node_id):
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    images = [Image.open(io.BytesIO(comfyui.output_bytes(image))).convert("RGB")
+              for image in entry["outputs"][f"{node_id}s"]["images"]]
+    return images, json.loads(entry["outputs"][f"{node_id}i"]["text"][0])
+
+
+def test_the_local_generator_shares_the_cloud_nodes_first_ten_sockets(comfyui):
+    info = comfyui.get_json("/object_info")
+    assert info[LOCAL]["category"] == info[LOADER]["category"] == "Character Identity/Local"
+
+    def sockets(node):
+        order = info[node]["input_order"]
+        spec = {**info[node]["input"]["required"], **info[node]["input"].get("optional", {})}
+        return [(name, spec[name][0] if isinstance(spec[name][0], str) else "COMBO")
+                for name in order["required"] + order.get("optional", [])]
+
+    local = sockets(LOCAL)
+    for cloud in ("CharIDFalInstantCharacter", "CharIDWaveSpeedInstantCharacter"):
+        assert local[:10] == sockets(cloud)[:10]
+    assert local[10] == ("pipeline", "CHARID_INSTANTCHARACTER")
+    assert info[LOCAL]["output_name"] == info["CharIDFalInstantCharacter"]["output_name"] == ["images", "info"]
+    loader_inputs = info[LOADER]["input"]["required"]
+
+    def options(name):
+        return loader_inputs[name][1]["options"]
+
+    assert comfyui.local_models["siglip"] in options("siglip")          # nested HF folders are found
+    assert comfyui.local_models["adapter"] in options("adapter")
+    assert comfyui.local_models["flux_folder"] in options("flux_model")
+
+
+@pytest.mark.parametrize("source", ["files", "folder"])
+def test_comfyui_gives_the_image_the_pipeline_gives_in_python(comfyui, reference_name, source, tmp_path):
+    """Through LoadImage (a JPEG), the loader and the generator: the saved PNG is the pipeline's own
+    output for the same files, reference and seed (rounded to 8 bits)."""
+    import instantcharacter_models as tiny
+    from pipelines.local.instantcharacter.loading import FluxFiles, InstantCharacterFiles, build_pipeline
+
+    entry = comfyui.run(graph(comfyui, reference_name, {"2": local_node(seed=77)}, loader_node(comfyui, source)))
+    [image], info = outputs(comfyui, entry, "2")
+    assert image.size == (80, 64)
+    assert info["backend"] == "InstantCharacter (local)" and info["seed"] == 77
+    assert info["device"] == "cpu" and info["dtype"] == "float32"
+
+    models = comfyui.base / "models"
+    flux = (FluxFiles(folder=models / "diffusers" / "FLUX.1-dev-tiny") if source == "folder" else
+            FluxFiles(transformer=models / "diffusion_models" / "flux1-dev-tiny.safetensors",
+                      vae=models / "vae" / "ae-tiny.safetensors",
+                      clip_l=models / "text_encoders" / "clip_l-tiny.safetensors",
+                      t5xxl=models / "text_encoders" / "t5xxl-tiny.safetensors"))
+    clip_tokenizer, t5_tokenizer = tiny.comfy_tokenizer_dirs()
+    pipe = build_pipeline(InstantCharacterFiles(flux, models / "clip_vision" / "google" / "siglip-tiny",
+                                                models / "clip_vision" / "facebook" / "dinov2-tiny",
+                                                models / "instantcharacter" / "instantcharacter-tiny.bin",
+                                                clip_tokenizer, t5_tokenizer))
+    loaded = Image.open(comfyui.base / "input" / reference_name).convert("RGB")
+    [expected] = pipe.generate(loaded, "a knight in a misty forest", width=80, height=64, seed=77, steps=3,
+                               subject_scale=0.9)
+    difference = np.abs(np.asarray(image, dtype=int) - np.asarray(expected, dtype=int))
+    assert difference.max() <= 1
+
+
+def test_swapping_a_cloud_node_for_the_local_one_needs_one_extra_wire(comfyui, emulator_servers, reference_name):
+    """The fal node's inputs, untouched, plus the pipeline wire: the local node runs them."""
+    from test_comfyui_cloud import cloud_node
+
+    fal = cloud_node("CharIDFalInstantCharacter", seed=9)
+    local_inputs = {name: value for name, value in fal["inputs"].items()
+                    if name in ("reference", "prompt", "negative_prompt", "width", "height", "seed", "steps",
+                                "guidance", "num_images", "strength")}
+    local_inputs.update(pipeline=["10", 0], true_cfg_scale=1.0, steps=2)
+    local_inputs["width"], local_inputs["height"] = 64, 64
+    entry = comfyui.run(graph(comfyui, reference_name, {"2": {"class_type": LOCAL, "inputs": local_inputs}}))
+    [image], info = outputs(comfyui, entry, "2")
+    assert image.size == (64, 64) and info["backend"] == "InstantCharacter (local)"
+
+
+def test_a_local_and_a_cloud_node_run_at_the_same_time(comfyui, emulator_servers, reference_name):
+    from test_comfyui_cloud import cloud_node
+
+    fal = emulator_servers["fal"]
+    fal.reset()
+    fal.processing_s = 3.0
+    nodes = {"2": local_node(seed=31, steps=20, prompt="hybrid local"), "3": cloud_node("CharIDFalInstantCharacter",
+                                                                                         seed=32)}
+    prompt = graph(comfyui, reference_name, nodes)
+    started = time.monotonic()
+    entry = comfyui.run(prompt)
+    wall = time.monotonic() - started
+    local_images, local_info = outputs(comfyui, entry, "2")
+    _, fal_info = outputs(comfyui, entry, "3")
+    [job] = fal.jobs.values()
+    # the fal job was submitted while the local node was still generating, and polled meanwhile
+    local_seconds = local_info["timings"]["total"]
+    assert fal_info["timings"]["total"] >= 3.0 and local_seconds > 0.5
+    assert wall < local_seconds + fal_info["timings"]["total"] - 0.3
+
+
+def test_progress_and_previews_reach_the_browser_and_cancel_stops_within_a_step(comfyui, reference_name):
+    import aiohttp
+
+    async def watch():
+        progress, previews = [], 0
+        client_id = "local-watch"
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{comfyui.url}/ws?clientId={client_id}") as ws:
+                status, body = await asyncio.to_thread(comfyui.post_json, "/prompt", {
+                    "prompt": graph(comfyui, reference_name, {"2": local_node(seed=41, steps=60, prompt="long run")}),
+                    "client_id": client_id})
+                assert status == 200, body
+                interrupted_at = None
+                async for message in ws:
+                    if message.type == aiohttp.WSMsgType.BINARY:
+                        previews += message.data[:4] in (b"\x00\x00\x00\x01", b"\x00\x00\x00\x04")
+                    elif message.type == aiohttp.WSMsgType.TEXT:
+                        data = json.loads(message.data)
+                        if data["type"] == "progress" and data["data"].get("node") == "2":
+                            progress.append(data["data"]["value"])
+                            if data["data"]["value"] == 3 and interrupted_at is None:
+                                interrupted_at = data["data"]["value"]
+                                await asyncio.to_thread(comfyui.post_json, "/interrupt", {})
+                        if data["type"] in ("execution_interrupted", "execution_success", "execution_error") and \
+                                data["data"].get("prompt_id") == body["prompt_id"]:
+                            return data["type"], progress, previews, body["prompt_id"]
+        return None, progress, previews, None
+
+    kind, progress, previews, prompt_id = asyncio.run(asyncio.wait_for(watch(), 120))
+    assert kind == "execution_interrupted"
+    assert progress[:3] == [1, 2, 3] and max(progress) <= 5          # stopped within a step or two of Cancel
+    assert previews >= 3                                              # a preview image per step
+
+
+def test_sizes_the_model_cannot_take_are_refused_before_any_weight_loads(comfyui, reference_name):
+    for width, height in ((72, 64), (64, 48), (4096, 64)):
+        status, body = comfyui.post_json("/prompt", {"prompt": graph(comfyui, reference_name, {
+            "2": local_node(width=width, height=height)})})
+        assert status == 400 and "allowed range is 64–2048 in multiples of 16" in json.dumps(
+            body["node_errors"]["2"], ensure_ascii=False)
+    names = comfyui.local_models
+    bad_loader = loader_node(comfyui)
+    bad_loader["inputs"].update(vae="(from the diffusers folder)")
+    status, body = comfyui.post_json("/prompt", {"prompt": graph(comfyui, reference_name, {"2": local_node()},
+                                                                 bad_loader)})
+    assert status == 400 and "needs its own VAE" in json.dumps(body["node_errors"]["10"])
+    assert names["flux_file"]
+
+
+def test_a_missing_model_file_is_named_with_where_to_get_it(comfyui, reference_name):
+    target = comfyui.base / "models" / "instantcharacter" / "instantcharacter-tiny.bin"
+    moved = target.with_suffix(".away")
+    target.rename(moved)
+    try:
+        loader = loader_node(comfyui, memory_mode="model_offload")          # a new loader: not cached
+        entry = comfyui.run(graph(comfyui, reference_name, {"2": local_node()}, loader))
+    finally:
+        moved.rename(target)
+    message = error_message(entry)
+    assert "instantcharacter-tiny.bin" in message and "Tencent/InstantCharacter" in message
