@@ -60,6 +60,10 @@ class InstantCharacterLoader(io.ComfyNode):
                                tooltip="Hugging Face folder of facebook/dinov2-giant in models/clip_vision"),
                 io.Combo.Input("adapter", options=files.adapter_options(),
                                tooltip="instantcharacter_ip-adapter.bin (models/instantcharacter)"),
+                io.Combo.Input("weight_format", options=["dtype", "fp8_e4m3fn"], default="dtype",
+                               tooltip="dtype: the FLUX transformer in the chosen dtype. fp8_e4m3fn: stored in fp8 "
+                                       "and computed in the dtype layer by layer (half the VRAM; the adapter's "
+                                       "layers stay in full precision)."),
                 io.Combo.Input("memory_mode", options=_memory_modes(), default="model_offload",
                                tooltip="resident (most VRAM, fastest) → model_offload → group_offload → "
                                        "sequential_offload (least VRAM, slowest)."),
@@ -70,7 +74,9 @@ class InstantCharacterLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, flux_model, vae, clip_l, t5xxl, siglip, dinov2, adapter) -> bool | str:
+    def validate_inputs(cls, flux_model, vae, clip_l, t5xxl, siglip, dinov2, adapter, weight_format) -> bool | str:
+        if flux_model.endswith(".gguf") and weight_format != "dtype":
+            return "weight_format: a GGUF file is already quantized; choose 'dtype' for it"
         for name, value in (("flux_model", flux_model), ("siglip", siglip), ("dinov2", dinov2), ("adapter", adapter)):
             if value == files.NONE_FOUND:
                 kind = {"flux_model": "diffusion_models", "adapter": "instantcharacter"}.get(name, "clip_vision")
@@ -84,7 +90,8 @@ class InstantCharacterLoader(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, flux_model, vae, clip_l, t5xxl, siglip, dinov2, adapter, memory_mode, dtype) -> io.NodeOutput:
+    def execute(cls, flux_model, vae, clip_l, t5xxl, siglip, dinov2, adapter, weight_format, memory_mode,
+                dtype) -> io.NodeOutput:
         import comfy.model_management as mm
         import torch
 
@@ -98,7 +105,7 @@ class InstantCharacterLoader(io.ComfyNode):
                              vae=chosen(("vae",), vae), clip_l=chosen(("text_encoders",), clip_l),
                              t5xxl=chosen(("text_encoders",), t5xxl))
         else:
-            flux = FluxFiles(transformer=files.find_file(("diffusion_models",), flux_model),
+            flux = FluxFiles(transformer=files.find_file(("diffusion_models", files.GGUF_FOLDER), flux_model),
                              vae=chosen(("vae",), vae), clip_l=chosen(("text_encoders",), clip_l),
                              t5xxl=chosen(("text_encoders",), t5xxl))
         clip_tokenizer, t5_tokenizer = files.tokenizer_folders()
@@ -113,7 +120,8 @@ class InstantCharacterLoader(io.ComfyNode):
         if device.type != "cpu":
             # make room: ComfyUI unloads what it holds before a load of this size
             mm.free_memory(_weights_size(plan, torch_dtype), device)
-        pipeline = build_pipeline(plan, device=device, dtype=torch_dtype, memory=memory_mode)
+        pipeline = build_pipeline(plan, device=device, dtype=torch_dtype, memory=memory_mode,
+                                  weight_format=weight_format)
         sources = {"flux": flux_model, "siglip": siglip, "dinov2": dinov2, "adapter": adapter}
         return io.NodeOutput(LoadedInstantCharacter(pipeline, memory_mode, sources))
 

@@ -25,11 +25,20 @@ WHERE_TO_GET = {
 }
 
 
+# GGUF transformers live in the diffusion model folders, but ComfyUI's own list of that folder shows
+# only the formats its loaders read; "unet_gguf" is the name the ComfyUI-GGUF pack gives the same folders.
+GGUF_FOLDER = "unet_gguf"
+
+
 def register_folders() -> None:
-    """models/instantcharacter/ (plus any path extra_model_paths.yaml gave that name)."""
+    """models/instantcharacter/ (plus any path extra_model_paths.yaml gave that name), and the
+    diffusion model folders once more for .gguf files."""
     default = os.path.join(folder_paths.models_dir, INSTANTCHARACTER_FOLDER)
     folder_paths.add_model_folder_path(INSTANTCHARACTER_FOLDER, default)
     folder_paths.folder_names_and_paths[INSTANTCHARACTER_FOLDER][1].update(ADAPTER_EXTENSIONS)
+    for path in folder_paths.get_folder_paths("diffusion_models"):
+        folder_paths.add_model_folder_path(GGUF_FOLDER, path)
+    folder_paths.folder_names_and_paths[GGUF_FOLDER][1].add(".gguf")
 
 
 def _folders_with(kind: str, marker: str, depth: int = 3) -> list[str]:
@@ -84,7 +93,7 @@ def or_none(options: list[str]) -> list[str]:
 
 def flux_model_options() -> list[str]:
     folders = [name + FOLDER_SUFFIX for name in _folders_with("diffusers", "model_index.json")]
-    return or_none(folders + files_of(("diffusion_models",), FLUX_FILE_EXTENSIONS))
+    return or_none(folders + files_of(("diffusion_models", GGUF_FOLDER), FLUX_FILE_EXTENSIONS))
 
 
 def vae_options() -> list[str]:

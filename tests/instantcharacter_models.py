@@ -224,6 +224,25 @@ def scaled_fp8(state: dict) -> dict:
     return out
 
 
+def write_gguf(state: dict, path: Path) -> None:
+    """A GGUF file as the FLUX GGUF conversions hold it: BFL names, matrices in Q8_0 (where a row
+    splits into Q8_0 blocks), the rest in F32."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "flux")
+    for key, value in state.items():
+        array = value.float().numpy()
+        if array.ndim == 2 and array.shape[1] % 32 == 0:
+            packed = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
+            writer.add_tensor(key, packed, raw_shape=packed.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(key, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 def ldm_vae_state(model) -> dict:
     _, diffusers_convert = _comfy_modules()
     return diffusers_convert.convert_vae_state_dict(model.state_dict())
@@ -268,6 +287,7 @@ def build_tiny_files(root: Path) -> TinyFiles:
     save_file(contiguous({k: v.to(torch.bfloat16) for k, v in bfl.items()}), singles / "flux1-dev-tiny-bf16.safetensors")
     save_file(contiguous({k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in bfl.items()}),
               singles / "flux1-dev-tiny-fp8_e4m3fn.safetensors")
+    write_gguf(bfl, singles / "flux1-dev-tiny-Q8_0.gguf")
 
     encoders = root / "clip_vision"
     siglip_folder, dinov2_folder = encoders / "siglip-tiny", encoders / "dinov2-tiny"
@@ -293,6 +313,7 @@ def install_into_models(files: TinyFiles, models: Path) -> dict[str, str]:
     places = {
         files.diffusers_folder: models / "diffusers" / "FLUX.1-dev-tiny",
         files.transformer_file: models / "diffusion_models" / "flux1-dev-tiny.safetensors",
+        files.transformer_file.parent / "flux1-dev-tiny-Q8_0.gguf": models / "diffusion_models" / "flux1-dev-tiny-Q8_0.gguf",
         files.vae_file: models / "vae" / "ae-tiny.safetensors",
         files.clip_file: models / "text_encoders" / "clip_l-tiny.safetensors",
         files.t5_file: models / "text_encoders" / "t5xxl-tiny.safetensors",
@@ -307,5 +328,6 @@ def install_into_models(files: TinyFiles, models: Path) -> dict[str, str]:
         else:
             shutil.copy(source, target)
     return {"flux_folder": "FLUX.1-dev-tiny (diffusers folder)", "flux_file": "flux1-dev-tiny.safetensors",
+            "flux_gguf": "flux1-dev-tiny-Q8_0.gguf",
             "vae": "ae-tiny.safetensors", "clip_l": "clip_l-tiny.safetensors", "t5xxl": "t5xxl-tiny.safetensors",
             "siglip": "google/siglip-tiny", "dinov2": "facebook/dinov2-tiny", "adapter": "instantcharacter-tiny.bin"}

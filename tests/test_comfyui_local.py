@@ -38,7 +38,8 @@ def loader_node(comfyui, source: str = "files", memory_mode: str = "resident") -
         folder = "(from the diffusers folder)"
         flux = dict(flux_model=names["flux_folder"], vae=folder, clip_l=folder, t5xxl=folder)
     return {"class_type": LOADER, "inputs": {**flux, "siglip": names["siglip"], "dinov2": names["dinov2"],
-                                             "adapter": names["adapter"], "memory_mode": memory_mode, "dtype": "auto"}}
+                                             "adapter": names["adapter"], "weight_format": "dtype",
+                                             "memory_mode": memory_mode, "dtype": "auto"}}
 
 
 def local_node(seed=5, steps=3, width=80, height=64, prompt="a knight in a misty forest", **changes) -> dict:
@@ -120,6 +121,19 @@ def test_comfyui_gives_the_image_the_pipeline_gives_in_python(comfyui, reference
                                subject_scale=0.9)
     difference = np.abs(np.asarray(image, dtype=int) - np.asarray(expected, dtype=int))
     assert difference.max() <= 1
+
+
+@pytest.mark.parametrize(("flux", "weight_format", "memory_mode"), [
+    ("flux_gguf", "dtype", "group_offload"), ("flux_file", "fp8_e4m3fn", "sequential_offload")])
+def test_gguf_and_fp8_storage_with_offloading_run(comfyui, reference_name, flux, weight_format, memory_mode):
+    loader = loader_node(comfyui, memory_mode=memory_mode)
+    loader["inputs"].update(flux_model=comfyui.local_models[flux], weight_format=weight_format)
+    assert comfyui.local_models["flux_gguf"] in comfyui.get_json("/object_info")[LOADER]["input"]["required"][
+        "flux_model"][1]["options"]
+    entry = comfyui.run(graph(comfyui, reference_name, {"2": local_node(seed=3)}, loader))
+    [image], info = outputs(comfyui, entry, "2")
+    assert image.size == (80, 64) and info["memory_mode"] == memory_mode
+    assert np.asarray(image).std() > 1                    # an image, not a blank
 
 
 def test_swapping_a_cloud_node_for_the_local_one_needs_one_extra_wire(comfyui, emulator_servers, reference_name):
@@ -204,6 +218,11 @@ def test_sizes_the_model_cannot_take_are_refused_before_any_weight_loads(comfyui
     status, body = comfyui.post_json("/prompt", {"prompt": graph(comfyui, reference_name, {"2": local_node()},
                                                                  bad_loader)})
     assert status == 400 and "needs its own VAE" in json.dumps(body["node_errors"]["10"])
+    gguf_in_fp8 = loader_node(comfyui)
+    gguf_in_fp8["inputs"].update(flux_model=names["flux_gguf"], weight_format="fp8_e4m3fn")
+    status, body = comfyui.post_json("/prompt", {"prompt": graph(comfyui, reference_name, {"2": local_node()},
+                                                                 gguf_in_fp8)})
+    assert status == 400 and "already quantized" in json.dumps(body["node_errors"]["10"])
     assert names["flux_file"]
 
 

@@ -115,6 +115,7 @@ def test_single_files_load_to_the_same_pipeline_as_the_diffusers_folder(files, p
 @pytest.mark.parametrize(("part", "name", "precision"), [
     ("transformer", "flux1-dev-tiny-bf16.safetensors", 2 ** -8),
     ("transformer", "flux1-dev-tiny-fp8_e4m3fn.safetensors", 2 ** -3),
+    ("transformer", "flux1-dev-tiny-Q8_0.gguf", 2 ** -6),
     ("t5xxl", "t5xxl-tiny_fp16.safetensors", 2 ** -11),
     ("t5xxl", "t5xxl-tiny_fp8_e4m3fn_scaled.safetensors", 2 ** -3),
 ])
@@ -125,10 +126,15 @@ def test_reduced_precision_files_hold_the_same_weights(files, pipe, part, name, 
     reduced = build_pipeline(pipeline_files(files, flux))
     module = {"transformer": "transformer", "t5xxl": "text_encoder_2"}[part]
     exact = getattr(pipe.flux, module).state_dict()
+    from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
+
+    quantized = 0
     for key, value in getattr(reduced.flux, module).state_dict().items():
         reference = exact[key]
-        error = (value.float() - reference).abs().max() / reference.abs().max().clamp(min=1e-12)
+        quantized += hasattr(value, "quant_type")
+        error = (dequantize_gguf_tensor(value).float() - reference).abs().max() / reference.abs().max().clamp(min=1e-12)
         assert error <= precision, (key, float(error))
+    assert quantized > 20 if name.endswith(".gguf") else quantized == 0      # GGUF weights stay quantized
     case = cases.CASES["demo_scale"]
     assert torch.isfinite(run_case(reduced, case, "latent")).all()
 
@@ -298,3 +304,17 @@ def test_the_readme_python_example_names_the_real_api():
                     assert keyword.arg in parameters, f"{name}({keyword.arg}=…) is not in the code"
                 seen.add(name)
     assert seen == set(callables)
+
+
+def test_fp8_storage_keeps_the_subject_layers_in_full_precision(files, pipe):
+    stored = build_pipeline(pipeline_files(files), weight_format="fp8_e4m3fn")
+    transformer = stored.flux.transformer
+    dtypes = {name: parameter.dtype for name, parameter in transformer.named_parameters()}
+    assert dtypes["transformer_blocks.0.attn.to_q.weight"] == torch.float8_e4m3fn
+    assert dtypes["single_transformer_blocks.1.proj_mlp.weight"] == torch.float8_e4m3fn
+    subject = {name: dtype for name, dtype in dtypes.items() if ".processor." in name}
+    assert len(subject) == 4 * 6 and set(subject.values()) == {torch.float32}
+    assert dtypes["transformer_blocks.0.attn.norm_q.weight"] == torch.float32
+    case = cases.CASES["demo_scale"]
+    reduced, exact = run_case(stored, case, "latent"), run_case(pipe, case, "latent")
+    assert torch.isfinite(reduced).all() and 0 < (reduced - exact).abs().max() < 1.0

@@ -84,6 +84,15 @@ def strip_prefix(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> d
     return state
 
 
+def shape_of(tensor: torch.Tensor) -> tuple[int, ...]:
+    """A weight's logical shape; a GGUF-quantized tensor's storage shape counts bytes instead."""
+    return tuple(getattr(tensor, "quant_shape", tensor.shape))
+
+
+def is_quantized(tensor: torch.Tensor) -> bool:
+    return hasattr(tensor, "quant_type")
+
+
 def _count(state: Mapping[str, torch.Tensor], pattern: str) -> int:
     return len({int(m.group(1)) for key in state if (m := re.match(pattern, key))})
 
@@ -101,13 +110,22 @@ def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], what: s
     for key, tensor in expected.items():
         if key not in state:
             raise ModelFileError(f"{what}: {Path(path).name} lacks {key!r}")
-        if tuple(state[key].shape) != tuple(tensor.shape):
-            raise ModelFileError(f"{what}: {Path(path).name}: {key!r} has shape {tuple(state[key].shape)}, "
-                                 f"expected {tuple(tensor.shape)}")
+        if shape_of(state[key]) != shape_of(tensor):
+            raise ModelFileError(f"{what}: {Path(path).name}: {key!r} has shape {shape_of(state[key])}, "
+                                 f"expected {shape_of(tensor)}")
     extra = [key for key in state if key not in expected and not key.startswith(ignore)]
     if extra:
         raise ModelFileError(f"{what}: {Path(path).name} has an unexpected tensor {extra[0]!r}")
-    model.load_state_dict({key: state[key] for key in expected}, strict=True, assign=True)
+    parameters = dict(model.named_parameters(remove_duplicate=False))
+    for key in expected:
+        owner_name, _, name = key.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        value = state[key]
+        if key in parameters:         # assigned as is: a GGUF tensor keeps its quantized storage
+            owner._parameters[name] = value if isinstance(value, torch.nn.Parameter) else \
+                torch.nn.Parameter(value, requires_grad=False)
+        else:
+            owner._buffers[name] = value
     return model.eval().requires_grad_(False)
 
 
@@ -125,19 +143,19 @@ def _swap_halves(tensor: torch.Tensor) -> torch.Tensor:
 
 def flux_config_from_bfl(state: Mapping[str, torch.Tensor], path: Path) -> dict:
     what = "FLUX transformer"
-    inner, in_channels = _need(state, "img_in.weight", what, path).shape
-    head_dim = _need(state, "double_blocks.0.img_attn.norm.query_norm.scale", what, path).shape[0]
+    inner, in_channels = shape_of(_need(state, "img_in.weight", what, path))
+    head_dim = shape_of(_need(state, "double_blocks.0.img_attn.norm.query_norm.scale", what, path))[0]
     config = {k: v for k, v in shipped_config("flux_transformer.json").items() if not k.startswith("_")}
     if sum(config["axes_dims_rope"]) != head_dim:
         raise ModelFileError(f"{what}: {Path(path).name} has {head_dim}-wide attention heads; FLUX uses 128")
-    mlp = _need(state, "double_blocks.0.img_mlp.0.weight", what, path).shape[0]
+    mlp = shape_of(_need(state, "double_blocks.0.img_mlp.0.weight", what, path))[0]
     if mlp != 4 * inner:
         raise ModelFileError(f"{what}: {Path(path).name} has an MLP of {mlp} for width {inner}; FLUX uses 4x")
     config.update(in_channels=in_channels, num_attention_heads=inner // head_dim, attention_head_dim=head_dim,
                   num_layers=_count(state, r"double_blocks\.(\d+)\."),
                   num_single_layers=_count(state, r"single_blocks\.(\d+)\."),
-                  joint_attention_dim=_need(state, "txt_in.weight", what, path).shape[1],
-                  pooled_projection_dim=_need(state, "vector_in.in_layer.weight", what, path).shape[1],
+                  joint_attention_dim=shape_of(_need(state, "txt_in.weight", what, path))[1],
+                  pooled_projection_dim=shape_of(_need(state, "vector_in.in_layer.weight", what, path))[1],
                   guidance_embeds="guidance_in.in_layer.weight" in state)
     return config
 
@@ -210,17 +228,24 @@ def flux_bfl_to_diffusers(state: Mapping[str, torch.Tensor], config: dict) -> di
 
 
 def load_flux_transformer(path: Path | str, dtype: torch.dtype):
+    """A BFL-layout file: .safetensors (bf16, fp16, fp8, fp8 "scaled") or .gguf. GGUF weights stay
+    quantized in memory and are dequantized layer by layer as they run (diffusers' GGUF layers)."""
     from diffusers import FluxTransformer2DModel
 
     path = Path(path)
     state = strip_prefix(read_state(path, "FLUX transformer"), ("model.diffusion_model.",))
-    if path.suffix == ".gguf":
-        raise ModelFileError("FLUX transformer: GGUF files are not supported yet; use the bf16 or fp8 "
-                             "safetensors file or the diffusers folder")
     config = flux_config_from_bfl(state, path)
-    converted = flux_bfl_to_diffusers(unscale_fp8(state, dtype), config)
+    if path.suffix == ".gguf":
+        state = {key: value if is_quantized(value) else value.to(dtype) for key, value in state.items()}
+    else:
+        state = unscale_fp8(state, dtype)
+    converted = flux_bfl_to_diffusers(state, config)
     with torch.device("meta"):
         model = FluxTransformer2DModel(**config)
+        if path.suffix == ".gguf":
+            from diffusers.quantizers.gguf.utils import _replace_with_gguf_linear
+
+            _replace_with_gguf_linear(model, dtype, converted)
     return load_into(model, converted, "FLUX transformer", path)
 
 
@@ -451,21 +476,41 @@ def install_adapter(transformer, adapter, encoders, files_adapter: Path) -> None
     transformer.set_attn_processor(dict(zip(names, processors)))
 
 
+WEIGHT_FORMATS = ("dtype", "fp8_e4m3fn")
+
+
+def store_in_fp8(transformer, compute_dtype: torch.dtype) -> None:
+    """The FLUX transformer's weights stay in fp8 and are cast to `compute_dtype` layer by layer as
+    they run (half the VRAM of bf16). The subject-attention layers, norms and embeddings keep their
+    precision: they are small and the adapter was trained with them in bf16."""
+    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
+
+    transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype,
+                                         skip_modules_pattern=(*DEFAULT_SKIP_MODULES_PATTERN, "processor"))
+
+
 def build_pipeline(files: InstantCharacterFiles, device: torch.device | str = "cpu",
-                   dtype: torch.dtype = torch.float32, memory: str = "resident"):
-    """Everything loaded, checked and assembled into an InstantCharacterPipeline."""
+                   dtype: torch.dtype = torch.float32, memory: str = "resident", weight_format: str = "dtype"):
+    """Everything loaded, checked and assembled into an InstantCharacterPipeline. `weight_format`
+    "fp8_e4m3fn" stores the FLUX transformer in fp8 (computed in `dtype`)."""
     from diffusers import FluxPipeline
 
     from .adapter import build_adapter
     from .memory import apply_memory_mode
     from .pipeline import InstantCharacterPipeline
 
+    if weight_format not in WEIGHT_FORMATS:
+        raise ValueError(f"weight format {weight_format!r} is not one of {', '.join(WEIGHT_FORMATS)}")
     files.check()
     tokenizers = load_tokenizers(files.clip_tokenizer, files.t5_tokenizer)
     adapter = build_adapter(read_state(files.adapter, "InstantCharacter adapter"), dtype)
     encoders = load_image_encoders(files.siglip, files.dinov2, dtype)
     flux = FluxPipeline(**load_flux(files.flux, dtype, tokenizers))
     install_adapter(flux.transformer, adapter, encoders, files.adapter)
+    if weight_format == "fp8_e4m3fn":
+        if any(is_quantized(p) for p in flux.transformer.parameters()):
+            raise ModelFileError("fp8 storage: the FLUX transformer is a GGUF file, which is already quantized")
+        store_in_fp8(flux.transformer, dtype)
     device = torch.device(device)
     placement = apply_memory_mode(memory, device, flux, encoders, adapter)
     return InstantCharacterPipeline(flux=flux, encoders=encoders, adapter=adapter, device=device, dtype=dtype,
