@@ -19,6 +19,7 @@ from .generator_inputs import Defaults, build_request, float_input, generator_sc
 from .runtime import generate
 
 PIPELINE_TYPE = "CHARID_INSTANTCHARACTER"
+NO_LORA = "none"
 InstantCharacterPipelineSocket = io.Custom(PIPELINE_TYPE)
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 
@@ -166,6 +167,12 @@ class InstantCharacterLocalNode(io.ComfyNode):
                 InstantCharacterPipelineSocket.Input("pipeline", tooltip="From Load InstantCharacter (local)."),
                 float_input("true_cfg_scale", LIMITS.extras["true_cfg_scale"], DEFAULTS["true_cfg_scale"], step=0.1,
                             tooltip="Above 1 the negative prompt takes effect (true CFG; twice the work per step)."),
+                io.Combo.Input("lora", options=[NO_LORA, *files.files_of(("loras",), (".safetensors",))],
+                               default=NO_LORA, tooltip="A FLUX style LoRA from models/loras, applied for this "
+                                                        "run only (never merged into the weights)."),
+                float_input("lora_strength", LIMITS.extras["lora_strength"], 1.0),
+                io.String.Input("lora_trigger", default="", tooltip="The LoRA's trigger words, put before the prompt "
+                                                                    "(e.g. 'ghibli style')."),
             ],
         )
 
@@ -186,11 +193,15 @@ class InstantCharacterLocalNode(io.ComfyNode):
 
     @classmethod
     async def execute(cls, reference, prompt, negative_prompt, width, height, seed, steps, guidance, num_images,
-                      strength, pipeline, true_cfg_scale) -> io.NodeOutput:
+                      strength, pipeline, true_cfg_scale, lora=NO_LORA, lora_strength=1.0,
+                      lora_trigger="") -> io.NodeOutput:
         from ..pipelines.local.instantcharacter.backend import LocalInstantCharacter
 
+        extras = {"true_cfg_scale": true_cfg_scale}
+        if lora != NO_LORA:
+            extras.update(lora=files.find_file(("loras",), lora), lora_strength=lora_strength, lora_trigger=lora_trigger)
         request = build_request(reference, prompt, negative_prompt, width, height, seed, steps, guidance, num_images,
-                                strength, {"true_cfg_scale": true_cfg_scale})
+                                strength, extras)
         backend = LocalInstantCharacter(pipeline.pipeline, pipeline.memory_mode)
         return io.NodeOutput(*await generate(backend, request, cls.hidden.unique_id))
 

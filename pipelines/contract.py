@@ -102,6 +102,21 @@ class Flag:
 
 
 @dataclass(frozen=True)
+class Text:
+    """Free text, possibly empty, up to `max_chars`."""
+
+    max_chars: int = 1000
+
+    def describe(self) -> str:
+        return f"text of at most {self.max_chars} characters"
+
+    def check(self, backend: str, name: str, value: Any) -> None:
+        if not isinstance(value, str) or len(value) > self.max_chars:
+            raise RequestValidationError(backend, name, value if isinstance(value, str) else type(value).__name__,
+                                         self.describe())
+
+
+@dataclass(frozen=True)
 class ImageInput:
     """An optional extra image (a pose reference, for example)."""
 
@@ -113,7 +128,7 @@ class ImageInput:
             raise RequestValidationError(backend, name, type(value).__name__, self.describe())
 
 
-FieldSpec = NumberRange | Choice | Flag | ImageInput
+FieldSpec = NumberRange | Choice | Flag | Text | ImageInput
 
 
 @dataclass(frozen=True)
@@ -273,7 +288,8 @@ class GenerationBackend(ABC):
 
 
 __all__ = [
-    "SEED_MAX", "RequestValidationError", "GenerationInterrupted", "NumberRange", "Choice", "Flag", "ImageInput", "FieldSpec",
+    "SEED_MAX", "RequestValidationError", "GenerationInterrupted", "NumberRange", "Choice", "Flag", "Text", "ImageInput",
+    "FieldSpec",
     "BackendLimits", "GenerationRequest", "GenerationResult", "RunContext", "DetachedRunContext",
     "GenerationBackend",
 ]

@@ -224,6 +224,21 @@ def scaled_fp8(state: dict) -> dict:
     return out
 
 
+def style_lora(rank: int = 4, seed: int = SEED) -> dict:
+    """A kohya-format FLUX LoRA on a few BFL layers (fused q/k/v included) and one CLIP-L layer."""
+    hidden = TRANSFORMER["attention_head_dim"] * TRANSFORMER["num_attention_heads"]
+    shapes = {"lora_unet_double_blocks_0_img_attn_qkv": (3 * hidden, hidden),
+              "lora_unet_single_blocks_1_linear1": (7 * hidden, hidden),
+              "lora_te1_text_model_encoder_layers_0_mlp_fc1": (CLIP["intermediate_size"], CLIP["hidden_size"])}
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, (out_features, in_features) in shapes.items():
+        state[f"{name}.lora_down.weight"] = torch.randn(rank, in_features, generator=generator) * 0.3
+        state[f"{name}.lora_up.weight"] = torch.randn(out_features, rank, generator=generator) * 0.3
+        state[f"{name}.alpha"] = torch.tensor(float(rank))
+    return state
+
+
 def write_gguf(state: dict, path: Path) -> None:
     """A GGUF file as the FLUX GGUF conversions hold it: BFL names, matrices in Q8_0 (where a row
     splits into Q8_0 blocks), the rest in F32."""
@@ -296,6 +311,10 @@ def build_tiny_files(root: Path) -> TinyFiles:
     shutil.copy(CONFIGS / "siglip_preprocessor.json", siglip_folder / "preprocessor_config.json")
     shutil.copy(CONFIGS / "dinov2_preprocessor.json", dinov2_folder / "preprocessor_config.json")
 
+    loras = root / "loras"
+    loras.mkdir(exist_ok=True)
+    save_file(style_lora(), loras / "style-tiny.safetensors")
+
     adapters = root / "instantcharacter"
     adapters.mkdir(exist_ok=True)
     state = adapter_state()
@@ -320,6 +339,7 @@ def install_into_models(files: TinyFiles, models: Path) -> dict[str, str]:
         files.siglip_folder: models / "clip_vision" / "google" / "siglip-tiny",
         files.dinov2_folder: models / "clip_vision" / "facebook" / "dinov2-tiny",
         files.adapter_bin: models / "instantcharacter" / "instantcharacter-tiny.bin",
+        files.root / "loras" / "style-tiny.safetensors": models / "loras" / "style-tiny.safetensors",
     }
     for source, target in places.items():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -330,4 +350,5 @@ def install_into_models(files: TinyFiles, models: Path) -> dict[str, str]:
     return {"flux_folder": "FLUX.1-dev-tiny (diffusers folder)", "flux_file": "flux1-dev-tiny.safetensors",
             "flux_gguf": "flux1-dev-tiny-Q8_0.gguf",
             "vae": "ae-tiny.safetensors", "clip_l": "clip_l-tiny.safetensors", "t5xxl": "t5xxl-tiny.safetensors",
-            "siglip": "google/siglip-tiny", "dinov2": "facebook/dinov2-tiny", "adapter": "instantcharacter-tiny.bin"}
+            "siglip": "google/siglip-tiny", "dinov2": "facebook/dinov2-tiny", "adapter": "instantcharacter-tiny.bin",
+            "lora": "style-tiny.safetensors"}

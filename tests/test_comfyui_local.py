@@ -45,7 +45,7 @@ def loader_node(comfyui, source: str = "files", memory_mode: str = "resident") -
 def local_node(seed=5, steps=3, width=80, height=64, prompt="a knight in a misty forest", **changes) -> dict:
     inputs = {"reference": ["1", 0], "prompt": prompt, "negative_prompt": "", "width": width, "height": height,
               "seed": seed, "steps": steps, "guidance": 3.5, "num_images": 1, "strength": 0.9, "pipeline": ["10", 0],
-              "true_cfg_scale": 1.0, **changes}
+              "true_cfg_scale": 1.0, "lora": "none", "lora_strength": 1.0, "lora_trigger": "", **changes}
     return {"class_type": LOCAL, "inputs": inputs}
 
 
@@ -136,6 +136,26 @@ def test_gguf_and_fp8_storage_with_offloading_run(comfyui, reference_name, flux,
     assert np.asarray(image).std() > 1                    # an image, not a blank
 
 
+def test_a_style_lora_and_its_trigger_apply_to_one_run_only(comfyui, reference_name):
+    plain = local_node(seed=12, prompt="a castle")
+    styled = local_node(seed=12, prompt="a castle", lora=comfyui.local_models["lora"], lora_strength=0.8,
+                        lora_trigger="tiny style")
+
+    def run(node):
+        entry = comfyui.run(graph(comfyui, reference_name, {"2": node}))
+        cached = [data["nodes"] for kind, data in entry["status"]["messages"] if kind == "execution_cached"]
+        assert "2" not in (cached[0] if cached else []), "the generator did not run"
+        return outputs(comfyui, entry, "2")
+
+    [before], _ = run(plain)
+    [with_lora], info = run(styled)
+    [after], _ = run(plain)
+    assert info["lora"] == "style-tiny.safetensors" and info["lora_strength"] == 0.8
+    assert info["lora_trigger"] == "tiny style"
+    assert np.abs(np.asarray(with_lora, dtype=int) - np.asarray(before, dtype=int)).max() > 2
+    assert np.array_equal(np.asarray(after), np.asarray(before))          # nothing stayed merged
+
+
 def test_swapping_a_cloud_node_for_the_local_one_needs_one_extra_wire(comfyui, emulator_servers, reference_name):
     """The fal node's inputs, untouched, plus the pipeline wire: the local node runs them."""
     from test_comfyui_cloud import cloud_node
@@ -144,7 +164,8 @@ def test_swapping_a_cloud_node_for_the_local_one_needs_one_extra_wire(comfyui, e
     local_inputs = {name: value for name, value in fal["inputs"].items()
                     if name in ("reference", "prompt", "negative_prompt", "width", "height", "seed", "steps",
                                 "guidance", "num_images", "strength")}
-    local_inputs.update(pipeline=["10", 0], true_cfg_scale=1.0, steps=2)
+    local_inputs.update(pipeline=["10", 0], true_cfg_scale=1.0, steps=2, lora="none", lora_strength=1.0,
+                        lora_trigger="")
     local_inputs["width"], local_inputs["height"] = 64, 64
     entry = comfyui.run(graph(comfyui, reference_name, {"2": {"class_type": LOCAL, "inputs": local_inputs}}))
     [image], info = outputs(comfyui, entry, "2")

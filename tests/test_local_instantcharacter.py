@@ -318,3 +318,92 @@ def test_fp8_storage_keeps_the_subject_layers_in_full_precision(files, pipe):
     case = cases.CASES["demo_scale"]
     reduced, exact = run_case(stored, case, "latent"), run_case(pipe, case, "latent")
     assert torch.isfinite(reduced).all() and 0 < (reduced - exact).abs().max() < 1.0
+
+
+# ---- style LoRA (adapter, never merged) ----------------------------------------------------------------
+
+KOHYA_LAYERS = ["double_blocks_0_img_attn_qkv", "double_blocks_1_txt_attn_qkv", "double_blocks_0_img_attn_proj",
+                "double_blocks_1_img_mod_lin", "single_blocks_0_linear1", "single_blocks_1_linear2"]
+BFL_NAMES = {"double_blocks_0_img_attn_qkv": "double_blocks.0.img_attn.qkv",
+             "double_blocks_1_txt_attn_qkv": "double_blocks.1.txt_attn.qkv",
+             "double_blocks_0_img_attn_proj": "double_blocks.0.img_attn.proj",
+             "double_blocks_1_img_mod_lin": "double_blocks.1.img_mod.lin",
+             "single_blocks_0_linear1": "single_blocks.0.linear1", "single_blocks_1_linear2": "single_blocks.1.linear2"}
+
+
+def _lora_pair(generator, out_features, in_features, rank=4):
+    return (torch.randn(rank, in_features, generator=generator) * 0.2,
+            torch.randn(out_features, rank, generator=generator) * 0.2)
+
+
+def test_a_kohya_flux_lora_equals_its_weights_merged_in_the_bfl_layout(files, tmp_path):
+    """Oracle: merge the LoRA into the BFL file itself (fused q/k/v untouched) and load that file;
+    the pack applies the same LoRA as hooks on the unmerged model, splitting q/k/v itself."""
+    from safetensors.torch import save_file
+
+    from pipelines.local.instantcharacter.lora import read_lora
+
+    bfl = {k: v.clone() for k, v in tiny.bfl_transformer_state(tiny.transformer()).items()}
+    clip_state = {k.removeprefix("text_model."): v.clone() for k, v in tiny.clip_text().state_dict().items()}
+    generator = torch.Generator().manual_seed(3)
+    lora, strength, alpha, rank = {}, 0.7, 2.0, 4
+    for name in KOHYA_LAYERS:
+        weight = bfl[BFL_NAMES[name] + ".weight"]
+        down, up = _lora_pair(generator, weight.shape[0], weight.shape[1], rank)
+        lora.update({f"lora_unet_{name}.lora_down.weight": down, f"lora_unet_{name}.lora_up.weight": up,
+                     f"lora_unet_{name}.alpha": torch.tensor(alpha)})
+        bfl[BFL_NAMES[name] + ".weight"] = weight + strength * alpha / rank * (up @ down)
+    q_proj = clip_state["encoder.layers.1.self_attn.q_proj.weight"]
+    down, up = _lora_pair(generator, *q_proj.shape)
+    lora.update({"lora_te1_text_model_encoder_layers_1_self_attn_q_proj.lora_down.weight": down,
+                 "lora_te1_text_model_encoder_layers_1_self_attn_q_proj.lora_up.weight": up})
+    clip_state["encoder.layers.1.self_attn.q_proj.weight"] = q_proj + strength * (up @ down)
+    save_file({k: v.contiguous() for k, v in lora.items()}, tmp_path / "style.safetensors")
+    save_file({k: v.contiguous() for k, v in bfl.items()}, tmp_path / "merged.safetensors")
+    save_file({f"text_model.{k}": v.contiguous() for k, v in clip_state.items() if "position_ids" not in k},
+              tmp_path / "clip_merged.safetensors")
+
+    plain = FluxFiles(transformer=files.transformer_file, vae=files.vae_file, clip_l=files.clip_file, t5xxl=files.t5_file)
+    merged = FluxFiles(transformer=tmp_path / "merged.safetensors", vae=files.vae_file,
+                       clip_l=tmp_path / "clip_merged.safetensors", t5xxl=files.t5_file)
+    pipe, expected_pipe = build_pipeline(pipeline_files(files, plain)), build_pipeline(pipeline_files(files, merged))
+    case = cases.CASES["true_cfg"]
+    without = run_case(pipe, case, "latent")
+    style = pipe.load_lora(tmp_path / "style.safetensors")
+    assert len(style.transformer) == 3 + 3 + 1 + 1 + 4 + 1 and len(style.text_encoder) == 1
+    applied = run_case(pipe, case, "latent", lora=style, lora_strength=strength)
+    expected = run_case(expected_pipe, case, "latent")
+    assert (applied - expected).abs().max() < 1e-4 and (applied - without).abs().max() > 1e-2
+    # nothing was merged: the next run without the LoRA is the run before it
+    assert torch.equal(run_case(pipe, case, "latent"), without)
+    assert read_lora(tmp_path / "style.safetensors", 256).transformer["transformer_blocks.0.attn.to_k"].scale == 0.5
+
+
+def test_a_diffusers_format_lora_equals_its_merged_weights(files, pipe, tmp_path):
+    from safetensors.torch import save_file
+
+    transformer = tiny.transformer()
+    generator = torch.Generator().manual_seed(4)
+    lora = {}
+    for path in ("single_transformer_blocks.0.attn.to_q", "transformer_blocks.1.ff.net.2"):
+        layer = transformer.get_submodule(path)
+        down, up = _lora_pair(generator, layer.out_features, layer.in_features)
+        lora.update({f"transformer.{path}.lora_A.weight": down, f"transformer.{path}.lora_B.weight": up})
+        with torch.no_grad():
+            layer.weight += up @ down
+    save_file({k: v.contiguous() for k, v in lora.items()}, tmp_path / "ghibli.safetensors")
+    merged = build_pipeline(pipeline_files(files))
+    merged.flux.transformer.load_state_dict(
+        {k: v for k, v in transformer.state_dict().items()}, strict=False)
+    case = cases.CASES["demo_scale"]
+    applied = run_case(pipe, case, "latent", lora=pipe.load_lora(tmp_path / "ghibli.safetensors"))
+    assert (applied - run_case(merged, case, "latent")).abs().max() < 1e-4
+
+
+def test_a_lora_key_the_pack_cannot_place_is_named(pipe, tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"lora_unet_final_layer_linear.lora_down.weight": torch.zeros(2, 4),
+               "lora_unet_final_layer_linear.lora_up.weight": torch.zeros(4, 2)}, tmp_path / "odd.safetensors")
+    with pytest.raises(ModelFileError, match="cannot place 'lora_unet_final_layer_linear'"):
+        pipe.load_lora(tmp_path / "odd.safetensors")

@@ -11,8 +11,8 @@ import time
 
 import torch
 
-from ...contract import (BackendLimits, GenerationBackend, GenerationInterrupted, GenerationRequest, GenerationResult,
-                         NumberRange, RunContext)
+from ...contract import (BackendLimits, Choice, GenerationBackend, GenerationInterrupted, GenerationRequest,
+                         GenerationResult, NumberRange, RunContext, Text)
 from .memory import NEXT_MODE
 from .pipeline import DEFAULTS, InstantCharacterPipeline, StepInfo
 
@@ -27,7 +27,10 @@ LIMITS = BackendLimits(
     guidance=NumberRange(0, 20),
     num_images=NumberRange(1, 4, integer=True),
     identity_strength=NumberRange(0, 2),            # the reference's subject_scale
-    extras={"true_cfg_scale": NumberRange(1, 10)},
+    extras={"true_cfg_scale": NumberRange(1, 10),
+            "lora": Choice((), open_ended=True),           # the path of a FLUX LoRA file
+            "lora_strength": NumberRange(-2, 2),
+            "lora_trigger": Text(200)},                    # prepended to the prompt as "<trigger>, <prompt>"
 )
 
 
@@ -51,11 +54,18 @@ class LocalInstantCharacter(GenerationBackend):
             if context.interrupted():
                 raise GenerationInterrupted(f"{self.name}: cancelled at step {step.step}/{step.total}")
 
+        lora_path = request.extras.get("lora")
+        strength = request.extras.get("lora_strength")
+        strength = 1.0 if strength is None else float(strength)
+        trigger = (request.extras.get("lora_trigger") or "").strip()
+        prompt = f"{trigger}, {request.prompt}" if trigger else request.prompt      # as the reference does
         context.report_status(f"{self.name}: generating")
         counters_before = dict(vars(self.pipeline.counters))
         try:
+            lora = await asyncio.to_thread(self.pipeline.load_lora, lora_path) if lora_path else None
             images = await asyncio.to_thread(
-                self.pipeline.generate, request.reference, request.prompt, request.negative_prompt,
+                self.pipeline.generate, request.reference, prompt, request.negative_prompt, lora=lora,
+                lora_strength=strength,
                 width=request.width, height=request.height, seed=request.seed, steps=request.steps,
                 guidance=request.guidance, num_images=request.num_images, subject_scale=request.identity_strength,
                 true_cfg_scale=true_cfg, on_step=on_step)
@@ -67,6 +77,8 @@ class LocalInstantCharacter(GenerationBackend):
         details = {"memory_mode": self.memory_mode, "dtype": str(self.pipeline.dtype).removeprefix("torch."),
                    "device": str(self.pipeline.device), "subject_scale": request.identity_strength,
                    "true_cfg_scale": true_cfg, "encoder_calls": counters}
+        if lora is not None:
+            details.update(lora=lora.name, lora_strength=strength, lora_trigger=trigger)
         if true_cfg <= 1 and request.negative_prompt.strip():
             details["ignored_inputs"] = ["negative_prompt (it takes effect with true_cfg_scale above 1)"]
         return GenerationResult(images=images, backend=self.name, seed=request.seed,

@@ -96,6 +96,7 @@ class InstantCharacterPipeline:
     prompt_cache: LRU = field(default_factory=lambda: LRU(16))
     reference_cache: LRU = field(default_factory=lambda: LRU(4))
     token_cache: LRU = field(default_factory=lambda: LRU(64))      # ~2 schedules of 28 steps
+    lora_cache: LRU = field(default_factory=lambda: LRU(2))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self):
@@ -106,7 +107,8 @@ class InstantCharacterPipeline:
 
     # ---- encoders, cached ------------------------------------------------------------------
 
-    def encode_prompt(self, prompt: str, max_sequence_length: int):
+    def encode_prompt(self, prompt: str, max_sequence_length: int, text_variant: Hashable = None):
+        """`text_variant` names what changes the text encoder (a LoRA on CLIP-L and its strength)."""
         def make():
             self.counters.text_encoder += 1
             with self.placement.on_device(self.flux.text_encoder, self.flux.text_encoder_2):
@@ -114,7 +116,7 @@ class InstantCharacterPipeline:
                     prompt=prompt, prompt_2=None, device=self.device, num_images_per_prompt=1,
                     max_sequence_length=max_sequence_length)
             return embeds.to(self.dtype), pooled.to(self.dtype), text_ids
-        return self.prompt_cache.fetch((prompt, max_sequence_length, self.dtype), make)
+        return self.prompt_cache.fetch((prompt, max_sequence_length, self.dtype, text_variant), make)
 
     def encode_reference(self, reference: Image.Image) -> tuple[str, ReferenceFeatures]:
         key = image_key(reference)
@@ -126,6 +128,22 @@ class InstantCharacterPipeline:
                 return reference_features(reference, encoders.siglip, encoders.siglip_processor, encoders.dinov2,
                                           encoders.dinov2_processor, self.device, self.dtype)
         return key, self.reference_cache.fetch((key, self.dtype), make)
+
+    def load_lora(self, path) -> "LoRA":
+        """A parsed LoRA file, kept while it is in use (a changed file is read again)."""
+        from pathlib import Path
+
+        from .lora import read_lora
+
+        stat = Path(path).stat()
+        config = self.flux.transformer.config
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+
+        def make():
+            lora = read_lora(path, config.num_attention_heads * config.attention_head_dim)
+            lora.key = key
+            return lora
+        return self.lora_cache.fetch(key, make)
 
     def subject_tokens(self, reference_key: str, features: ReferenceFeatures, timestep: torch.Tensor) -> torch.Tensor:
         def make():
@@ -151,19 +169,24 @@ class InstantCharacterPipeline:
     def generate(self, reference: Image.Image | None, prompt: str, negative_prompt: str = "", *,
                  width: int = 1024, height: int = 1024, seed: int = 0, steps: int = 28, guidance: float = 3.5,
                  num_images: int = 1, subject_scale: float = 0.9, true_cfg_scale: float = 1.0,
-                 max_sequence_length: int = 512, output: str = "pil",
+                 max_sequence_length: int = 512, output: str = "pil", lora=None, lora_strength: float = 1.0,
                  on_step: Callable[[StepInfo], None] | None = None):
         """→ PIL images (output="pil"), a float tensor [B,3,H,W] in 0..1 ("pt") or the packed
-        latents ("latent"). `on_step` runs after every step (progress, preview); raising there stops."""
+        latents ("latent"). `lora` (a parsed LoRA) is applied for this call only. `on_step` runs
+        after every step (progress, preview); raising there stops."""
+        from .lora import lora_applied
+
         flux = self.flux
         multiple = flux.vae_scale_factor * 2
         if width % multiple or height % multiple:
             raise ValueError(f"width and height must be multiples of {multiple} (got {width}x{height})")
-        with self.lock:
-            embeds, pooled, text_ids = self.encode_prompt(prompt, max_sequence_length)
+        text_variant = (lora.key, lora_strength) if lora is not None and lora.text_encoder else None
+        with self.lock, lora_applied(flux.transformer, flux.text_encoder, lora, lora_strength):
+            embeds, pooled, text_ids = self.encode_prompt(prompt, max_sequence_length, text_variant)
             use_cfg = true_cfg_scale > 1
             if use_cfg:
-                negative_embeds, negative_pooled, _ = self.encode_prompt(negative_prompt, max_sequence_length)
+                negative_embeds, negative_pooled, _ = self.encode_prompt(negative_prompt, max_sequence_length,
+                                                                         text_variant)
             reference_key, features = self.encode_reference(reference) if reference is not None else (None, None)
 
             generator = torch.Generator("cpu").manual_seed(int(seed))
