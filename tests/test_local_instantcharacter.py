@@ -407,3 +407,65 @@ def test_a_lora_key_the_pack_cannot_place_is_named(pipe, tmp_path):
                "lora_unet_final_layer_linear.lora_up.weight": torch.zeros(4, 2)}, tmp_path / "odd.safetensors")
     with pytest.raises(ModelFileError, match="cannot place 'lora_unet_final_layer_linear'"):
         pipe.load_lora(tmp_path / "odd.safetensors")
+
+
+def test_real_size_text_encoders_and_vae_single_files_are_understood(tmp_path):
+    """clip_l, t5xxl and ae.safetensors at FLUX.1-dev's real sizes (meta tensors written as tiny
+    placeholders would be too big): the sizes read from their key layout equal the real configs."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from pipelines.local.instantcharacter import loading
+
+    def meta_state(model):
+        return {key: torch.empty(value.shape, device="meta") for key, value in model.state_dict().items()}
+
+    with torch.device("meta"):
+        t5 = T5EncoderModel(T5Config(**loading.shipped_config("t5xxl.json")))
+        clip = CLIPTextModel(CLIPTextConfig(**loading.shipped_config("clip_l.json")))
+        vae = AutoencoderKL(**{k: v for k, v in loading.shipped_config("flux_vae.json").items() if not k.startswith("_")})
+    captured = {}
+
+    def fake_read(path, what):           # the file layout, without 10 GB of bytes
+        return dict(captured[what])
+
+    def fake_load_into(model, state, what, path, ignore=()):
+        captured["model " + what] = model
+        return model
+
+    captured["T5-XXL text encoder"] = {k: v for k, v in meta_state(t5).items() if k != "encoder.embed_tokens.weight"}
+    captured["CLIP-L text encoder"] = {f"text_model.{k}": v for k, v in meta_state(clip).items() if "position_ids" not in k}
+    captured["FLUX VAE"] = tiny.ldm_vae_state(vae)
+    original = (loading.read_state, loading.load_into)
+    loading.read_state, loading.load_into = fake_read, fake_load_into
+    try:
+        loading.load_t5xxl(tmp_path / "t5xxl_fp16.safetensors", torch.bfloat16)
+        loading.load_clip_l(tmp_path / "clip_l.safetensors", torch.bfloat16)
+        loading.load_flux_vae(tmp_path / "ae.safetensors", torch.bfloat16)
+    finally:
+        loading.read_state, loading.load_into = original
+    t5_config = captured["model T5-XXL text encoder"].config
+    assert (t5_config.d_model, t5_config.num_heads, t5_config.d_kv, t5_config.d_ff, t5_config.num_layers) == (
+        4096, 64, 64, 10240, 24)
+    clip_config = captured["model CLIP-L text encoder"].config
+    assert (clip_config.hidden_size, clip_config.num_attention_heads, clip_config.num_hidden_layers) == (768, 12, 12)
+    vae_config = captured["model FLUX VAE"].config
+    assert list(vae_config.block_out_channels) == [128, 256, 512, 512] and vae_config.latent_channels == 16
+
+
+def test_out_of_memory_names_the_memory_mode_to_try_next(pipe, monkeypatch):
+    import asyncio
+
+    from pipelines import DetachedRunContext, GenerationRequest
+    from pipelines.local.instantcharacter.backend import LocalInstantCharacter
+
+    def exhausted(*args, **kwargs):            # what CUDA raises when the card is full
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(pipe, "generate", exhausted)
+    request = GenerationRequest(reference=cases.reference_image(), prompt="x", width=64, height=64, steps=1,
+                                identity_strength=0.9)
+    with pytest.raises(MemoryError, match="memory mode 'resident'; try the memory mode 'model_offload'"):
+        asyncio.run(LocalInstantCharacter(pipe, "resident").generate(request, DetachedRunContext()))
+    with pytest.raises(MemoryError, match="'sequential_offload'; lower the size or the number of images"):
+        asyncio.run(LocalInstantCharacter(pipe, "sequential_offload").generate(request, DetachedRunContext()))
