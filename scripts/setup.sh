@@ -22,6 +22,8 @@ step() { printf '[setup] %s\n' "$*"; }
 
 step "pack requirements (requirements.txt) into ComfyUI's venv"
 "${PIP[@]}" install -c "$REPO_ROOT/scripts/constraints.txt" -r "$REPO_ROOT/requirements.txt" "torch==$TORCH_VERSION"
+step "OpenCV and onnxruntime for face analysis, unless a build is there (install.py, as ComfyUI-Manager runs it)"
+PIP_CONSTRAINT="$REPO_ROOT/scripts/constraints.txt" "$PY" "$REPO_ROOT/install.py"
 
 # The user-facing home of this ComfyUI: custom_nodes/, models/, input/, output/, user/.
 HOME_DIR="$COMFYUI_DIR/home"
@@ -35,6 +37,9 @@ import sys, tomllib
 print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["test"]))
 PYEOF
   "${PIP[@]}" install -c "$REPO_ROOT/scripts/constraints.txt" -r "$COMFYUI_DIR/downloads/test-requirements.txt" "torch==$TORCH_VERSION"
+  # insightface is the oracle the face analysis is compared with; its declared opencv-python would
+  # clash with the headless build, so it comes without its dependencies (the ones it uses are in [test])
+  "${PIP[@]}" install -c "$REPO_ROOT/scripts/constraints.txt" --no-deps "insightface==2.1"
   if ! command -v chromium >/dev/null 2>&1; then
     step "Debian chromium for the browser tests (Playwright drives it; it never downloads a browser)"
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
