@@ -16,7 +16,6 @@ What the reference computes, and this module reproduces:
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Mapping
@@ -24,6 +23,8 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..perceiver import PerceiverAttention, feed_forward
 
 # The adapter's attention modules use 64-dimensional heads (the official file: 42 x 64 in the
 # feature blocks, 20 x 64 in the resampler); head counts follow from the weight shapes.
@@ -67,43 +68,13 @@ class FeatureMLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
-class PerceiverAttention(nn.Module):
-    """Latents attend to [features, latents]; the latents are modulated (AdaLN) before projection."""
-
-    def __init__(self, dim: int, heads: int, head_dim: int):
-        super().__init__()
-        self.heads, self.head_dim = heads, head_dim
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.to_q = nn.Linear(dim, heads * head_dim, bias=False)
-        self.to_kv = nn.Linear(dim, 2 * heads * head_dim, bias=False)
-        self.to_out = nn.Linear(heads * head_dim, dim, bias=False)
-
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, _ = x.shape
-        return x.view(batch, length, self.heads, self.head_dim).transpose(1, 2)
-
-    def forward(self, features, latents, shift, scale):
-        features = self.norm1(features)
-        latents = self.norm2(latents) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
-        batch, length, _ = latents.shape
-        query = self._split_heads(self.to_q(latents))
-        key, value = (self._split_heads(part) for part in self.to_kv(torch.cat((features, latents), dim=-2)).chunk(2, -1))
-        # both sides scaled by d^-1/4 and the softmax in float32: stable in half precision
-        root = 1 / math.sqrt(math.sqrt(self.head_dim))
-        weights = torch.softmax(((query * root) @ (key * root).transpose(-2, -1)).float(), dim=-1).to(query.dtype)
-        out = (weights @ value).permute(0, 2, 1, 3).reshape(batch, length, -1)
-        return self.to_out(out)
-
-
 class ResamplerLayer(nn.ModuleList):
     """[attention, feed-forward, AdaLN modulation] — a ModuleList so the keys are `0.*`, `1.*`, `2.*`."""
 
     def __init__(self, dim: int, heads: int, ff_inner: int):
         super().__init__([
             PerceiverAttention(dim, heads, RESAMPLER_HEAD_DIM),
-            nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, ff_inner, bias=False), nn.GELU(),
-                          nn.Linear(ff_inner, dim, bias=False)),
+            feed_forward(dim, ff_inner),
             nn.Sequential(nn.SiLU(), nn.Linear(dim, 4 * dim)),
         ])
 

@@ -14,119 +14,20 @@ expensive part of a load where it can be checked early.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
+from ..weights import (ModelFileError, count, is_quantized, load_into, materialise_buffers, need, read_state,
+                       shape_of, strip_prefix, unscale_fp8)
+
 CONFIGS = Path(__file__).resolve().parent / "configs"
-# ComfyUI's fp8 "scaled" files: weight = stored fp8 weight × its scale; these keys are not weights
-SCALE_SUFFIX = ".scale_weight"
-SCALE_MARKERS = ("scaled_fp8", ".scale_input")
-
-
-class ModelFileError(ValueError):
-    """A model file or folder that is missing, unreadable or not what it should be."""
 
 
 def shipped_config(name: str) -> dict:
     return json.loads((CONFIGS / name).read_text())
-
-
-# ---- reading weights ------------------------------------------------------------------------
-
-def read_state(path: Path | str, what: str) -> dict[str, torch.Tensor]:
-    """All tensors of a .safetensors, .bin/.pt/.pth (weights only) or .gguf file, on the CPU."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{what}: {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path), device="cpu")
-        if path.suffix == ".gguf":
-            from diffusers.models.model_loading_utils import load_gguf_checkpoint
-
-            return load_gguf_checkpoint(str(path))
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except ModelFileError:
-        raise
-    except Exception as exc:     # a truncated download, a foreign format: say which file
-        raise ModelFileError(f"{what}: cannot read {path.name} ({type(exc).__name__}: {str(exc)[:200]}); "
-                             "the file may be incomplete — download it again") from None
-    if not isinstance(state, Mapping):
-        raise ModelFileError(f"{what}: {path.name} does not hold a state dict")
-    return dict(state)
-
-
-def unscale_fp8(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """ComfyUI's fp8 'scaled' files store weight/scale in fp8 and the scale beside it: multiply back.
-    Plain fp8 weights are simply converted. Everything ends in `dtype`."""
-    out = {}
-    for key, tensor in state.items():
-        if key.endswith(SCALE_SUFFIX) or any(marker in key for marker in SCALE_MARKERS):
-            continue
-        scale = state.get(key[: -len(".weight")] + SCALE_SUFFIX) if key.endswith(".weight") else None
-        value = tensor.to(torch.float32)
-        if scale is not None:
-            value = value * scale.to(torch.float32)
-        out[key] = value.to(dtype)
-    return out
-
-
-def strip_prefix(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    for prefix in prefixes:
-        if any(key.startswith(prefix) for key in state):
-            return {key[len(prefix):] if key.startswith(prefix) else key: value for key, value in state.items()}
-    return state
-
-
-def shape_of(tensor: torch.Tensor) -> tuple[int, ...]:
-    """A weight's logical shape; a GGUF-quantized tensor's storage shape counts bytes instead."""
-    return tuple(getattr(tensor, "quant_shape", tensor.shape))
-
-
-def is_quantized(tensor: torch.Tensor) -> bool:
-    return hasattr(tensor, "quant_type")
-
-
-def _count(state: Mapping[str, torch.Tensor], pattern: str) -> int:
-    return len({int(m.group(1)) for key in state if (m := re.match(pattern, key))})
-
-
-def _need(state: Mapping[str, torch.Tensor], key: str, what: str, path: Path) -> torch.Tensor:
-    if key not in state:
-        raise ModelFileError(f"{what}: {Path(path).name} has no tensor {key!r}; it is not a {what} file")
-    return state[key]
-
-
-def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str, path: Path,
-              ignore: tuple[str, ...] = ()) -> torch.nn.Module:
-    """Strict load: every weight present with its shape; unknown keys (except `ignore`d) are errors."""
-    expected = model.state_dict()
-    for key, tensor in expected.items():
-        if key not in state:
-            raise ModelFileError(f"{what}: {Path(path).name} lacks {key!r}")
-        if shape_of(state[key]) != shape_of(tensor):
-            raise ModelFileError(f"{what}: {Path(path).name}: {key!r} has shape {shape_of(state[key])}, "
-                                 f"expected {shape_of(tensor)}")
-    extra = [key for key in state if key not in expected and not key.startswith(ignore)]
-    if extra:
-        raise ModelFileError(f"{what}: {Path(path).name} has an unexpected tensor {extra[0]!r}")
-    parameters = dict(model.named_parameters(remove_duplicate=False))
-    for key in expected:
-        owner_name, _, name = key.rpartition(".")
-        owner = model.get_submodule(owner_name) if owner_name else model
-        value = state[key]
-        if key in parameters:         # assigned as is: a GGUF tensor keeps its quantized storage
-            owner._parameters[name] = value if isinstance(value, torch.nn.Parameter) else \
-                torch.nn.Parameter(value, requires_grad=False)
-        else:
-            owner._buffers[name] = value
-    return model.eval().requires_grad_(False)
 
 
 # ---- FLUX transformer (BFL layout) -----------------------------------------------------------
@@ -143,19 +44,19 @@ def _swap_halves(tensor: torch.Tensor) -> torch.Tensor:
 
 def flux_config_from_bfl(state: Mapping[str, torch.Tensor], path: Path) -> dict:
     what = "FLUX transformer"
-    inner, in_channels = shape_of(_need(state, "img_in.weight", what, path))
-    head_dim = shape_of(_need(state, "double_blocks.0.img_attn.norm.query_norm.scale", what, path))[0]
+    inner, in_channels = shape_of(need(state, "img_in.weight", what, path))
+    head_dim = shape_of(need(state, "double_blocks.0.img_attn.norm.query_norm.scale", what, path))[0]
     config = {k: v for k, v in shipped_config("flux_transformer.json").items() if not k.startswith("_")}
     if sum(config["axes_dims_rope"]) != head_dim:
         raise ModelFileError(f"{what}: {Path(path).name} has {head_dim}-wide attention heads; FLUX uses 128")
-    mlp = shape_of(_need(state, "double_blocks.0.img_mlp.0.weight", what, path))[0]
+    mlp = shape_of(need(state, "double_blocks.0.img_mlp.0.weight", what, path))[0]
     if mlp != 4 * inner:
         raise ModelFileError(f"{what}: {Path(path).name} has an MLP of {mlp} for width {inner}; FLUX uses 4x")
     config.update(in_channels=in_channels, num_attention_heads=inner // head_dim, attention_head_dim=head_dim,
-                  num_layers=_count(state, r"double_blocks\.(\d+)\."),
-                  num_single_layers=_count(state, r"single_blocks\.(\d+)\."),
-                  joint_attention_dim=shape_of(_need(state, "txt_in.weight", what, path))[1],
-                  pooled_projection_dim=shape_of(_need(state, "vector_in.in_layer.weight", what, path))[1],
+                  num_layers=count(state, r"double_blocks\.(\d+)\."),
+                  num_single_layers=count(state, r"single_blocks\.(\d+)\."),
+                  joint_attention_dim=shape_of(need(state, "txt_in.weight", what, path))[1],
+                  pooled_projection_dim=shape_of(need(state, "vector_in.in_layer.weight", what, path))[1],
                   guidance_embeds="guidance_in.in_layer.weight" in state)
     return config
 
@@ -258,16 +159,16 @@ def load_flux_vae(path: Path | str, dtype: torch.dtype):
     path = Path(path)
     what = "FLUX VAE"
     state = strip_prefix(read_state(path, what), ("first_stage_model.", "vae."))
-    blocks = _count(state, r"encoder\.down\.(\d+)\.")
+    blocks = count(state, r"encoder\.down\.(\d+)\.")
     if not blocks:
         raise ModelFileError(f"{what}: {path.name} has no encoder blocks; it is not a VAE file")
     config = {k: v for k, v in shipped_config("flux_vae.json").items() if not k.startswith("_")}
     config.update(
-        block_out_channels=[_need(state, f"encoder.down.{i}.block.0.conv1.weight", what, path).shape[0]
+        block_out_channels=[need(state, f"encoder.down.{i}.block.0.conv1.weight", what, path).shape[0]
                             for i in range(blocks)],
         down_block_types=["DownEncoderBlock2D"] * blocks, up_block_types=["UpDecoderBlock2D"] * blocks,
-        layers_per_block=_count(state, r"encoder\.down\.0\.block\.(\d+)\."),
-        latent_channels=_need(state, "decoder.conv_in.weight", what, path).shape[1])
+        layers_per_block=count(state, r"encoder\.down\.0\.block\.(\d+)\."),
+        latent_channels=need(state, "decoder.conv_in.weight", what, path).shape[1])
     converted = convert_ldm_vae_checkpoint({k: v.to(dtype) for k, v in state.items()}, config)
     with torch.device("meta"):
         model = AutoencoderKL(**config)
@@ -283,19 +184,19 @@ def load_clip_l(path: Path | str, dtype: torch.dtype):
     what = "CLIP-L text encoder"
     # files carry Hugging Face names with the "text_model." prefix; some newer exports drop it
     state = strip_prefix(unscale_fp8(read_state(path, what), dtype), ("text_model.",))
-    vocab, hidden = _need(state, "embeddings.token_embedding.weight", what, path).shape
+    vocab, hidden = need(state, "embeddings.token_embedding.weight", what, path).shape
     config = shipped_config("clip_l.json")
     config.update(vocab_size=vocab, hidden_size=hidden, num_attention_heads=max(1, hidden // 64),
-                  num_hidden_layers=_count(state, r"encoder\.layers\.(\d+)\."),
-                  intermediate_size=_need(state, "encoder.layers.0.mlp.fc1.weight", what, path).shape[0],
-                  max_position_embeddings=_need(state, "embeddings.position_embedding.weight", what, path).shape[0])
+                  num_hidden_layers=count(state, r"encoder\.layers\.(\d+)\."),
+                  intermediate_size=need(state, "encoder.layers.0.mlp.fc1.weight", what, path).shape[0],
+                  max_position_embeddings=need(state, "embeddings.position_embedding.weight", what, path).shape[0])
     with torch.device("meta"):
         model = CLIPTextModel(CLIPTextConfig(**config))
     if any(key.startswith("text_model.") for key in model.state_dict()):      # older transformers
         state = {f"text_model.{key}": value for key, value in state.items()}
     model = load_into(model, state, what, path, ignore=("text_projection.", "logit_scale", "embeddings.position_ids",
                                                          "text_model.embeddings.position_ids"))
-    return _materialise_buffers(model)
+    return materialise_buffers(model)
 
 
 def load_t5xxl(path: Path | str, dtype: torch.dtype):
@@ -308,30 +209,18 @@ def load_t5xxl(path: Path | str, dtype: torch.dtype):
     if shared is None:
         raise ModelFileError(f"{what}: {path.name} has no token embedding; it is not a T5 encoder file")
     state["shared.weight"] = state["encoder.embed_tokens.weight"] = shared
-    bias = _need(state, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", what, path)
+    bias = need(state, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", what, path)
     heads = bias.shape[1]
     config = shipped_config("t5xxl.json")
     config.update(vocab_size=shared.shape[0], d_model=shared.shape[1], num_heads=heads,
-                  d_kv=_need(state, "encoder.block.0.layer.0.SelfAttention.q.weight", what, path).shape[0] // heads,
-                  d_ff=_need(state, "encoder.block.0.layer.1.DenseReluDense.wi_0.weight", what, path).shape[0],
-                  num_layers=_count(state, r"encoder\.block\.(\d+)\."),
+                  d_kv=need(state, "encoder.block.0.layer.0.SelfAttention.q.weight", what, path).shape[0] // heads,
+                  d_ff=need(state, "encoder.block.0.layer.1.DenseReluDense.wi_0.weight", what, path).shape[0],
+                  num_layers=count(state, r"encoder\.block\.(\d+)\."),
                   relative_attention_num_buckets=bias.shape[0])
     with torch.device("meta"):
         model = T5EncoderModel(T5Config(**config))
     model = load_into(model, state, what, path)
     model.encoder.embed_tokens = model.shared
-    return model
-
-
-def _materialise_buffers(model):
-    """Buffers not stored in files (position ids) are rebuilt on the CPU after a meta-device build."""
-    for module in model.modules():
-        for name, buffer in list(module.named_buffers(recurse=False)):
-            if buffer.is_meta:
-                if name == "position_ids":
-                    module.register_buffer(name, torch.arange(buffer.shape[-1]).expand(buffer.shape), persistent=False)
-                else:
-                    raise ModelFileError(f"internal: buffer {name} of {type(module).__name__} was not loaded")
     return model
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .loading import ModelFileError, read_state
+from ..weights import ModelFileError, read_state
 
 
 @dataclass
