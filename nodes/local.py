@@ -34,7 +34,7 @@ class LoadedInstantCharacter:
 
 
 def _memory_modes() -> list[str]:
-    from ..pipelines.local.instantcharacter.memory import MEMORY_MODES
+    from ..pipelines.local.memory import MEMORY_MODES
 
     return list(MEMORY_MODES)
 

@@ -16,7 +16,6 @@ none is there).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import threading
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .caching import image_key
 
 log = logging.getLogger("character_identity")
 
@@ -256,9 +257,7 @@ class FaceAnalyzer:
     def analyze(self, image: Image.Image) -> list[Face]:
         """Every face with its embedding, cached per image content."""
         rgb = image.convert("RGB")
-        digest = hashlib.sha256(rgb.tobytes())
-        digest.update(repr(rgb.size).encode())
-        key = digest.hexdigest()
+        key = image_key(rgb)
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)

@@ -13,7 +13,7 @@ import torch
 
 from ...contract import (BackendLimits, Choice, GenerationBackend, GenerationInterrupted, GenerationRequest,
                          GenerationResult, NumberRange, RunContext, Text)
-from .memory import NEXT_MODE
+from ..memory import NEXT_MODE
 from .pipeline import DEFAULTS, InstantCharacterPipeline, StepInfo
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF          # torch generators take any 64-bit seed (as ComfyUI's KSampler)

@@ -385,7 +385,7 @@ def build_pipeline(files: InstantCharacterFiles, device: torch.device | str = "c
     from diffusers import FluxPipeline
 
     from .adapter import build_adapter
-    from .memory import apply_memory_mode
+    from ..memory import apply_memory_mode
     from .pipeline import InstantCharacterPipeline
 
     if weight_format not in WEIGHT_FORMATS:
@@ -401,6 +401,8 @@ def build_pipeline(files: InstantCharacterFiles, device: torch.device | str = "c
             raise ModelFileError("fp8 storage: the FLUX transformer is a GGUF file, which is already quantized")
         store_in_fp8(flux.transformer, dtype)
     device = torch.device(device)
-    placement = apply_memory_mode(memory, device, flux, encoders, adapter)
+    components = [flux.transformer, flux.vae, flux.text_encoder, flux.text_encoder_2, encoders.siglip,
+                  encoders.dinov2, adapter.projector]
+    placement = apply_memory_mode(memory, device, components, streamed=(flux.transformer, flux.text_encoder_2))
     return InstantCharacterPipeline(flux=flux, encoders=encoders, adapter=adapter, device=device, dtype=dtype,
                                     placement=placement)

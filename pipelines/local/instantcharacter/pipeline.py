@@ -12,9 +12,7 @@ with the same reference and prompt encodes nothing again.
 """
 from __future__ import annotations
 
-import hashlib
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
@@ -22,28 +20,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..caching import LRU, image_key
 from .adapter import ReferenceFeatures, SubjectAdapter, SubjectTokens
 from .features import reference_features
 
 DEFAULTS = {"steps": 28, "guidance": 3.5, "subject_scale": 0.9, "width": 1024, "height": 1024,
             "max_sequence_length": 512, "true_cfg_scale": 1.0}
-
-
-class LRU(OrderedDict):
-    """A small least-recently-used cache."""
-
-    def __init__(self, size: int):
-        super().__init__()
-        self.size = size
-
-    def fetch(self, key: Hashable, make: Callable[[], Any]):
-        if key in self:
-            self.move_to_end(key)
-            return self[key]
-        value = self[key] = make()
-        while len(self) > self.size:
-            self.popitem(last=False)
-        return value
 
 
 @dataclass
@@ -71,14 +53,6 @@ class ImageEncoders:
     dinov2_processor: Any
 
 
-def image_key(image: Image.Image) -> str:
-    """Content hash of an image (pixels and size), the key of every per-reference cache."""
-    rgb = image.convert("RGB")
-    digest = hashlib.sha256(rgb.tobytes())
-    digest.update(repr(rgb.size).encode())
-    return digest.hexdigest()
-
-
 @dataclass
 class InstantCharacterPipeline:
     """FLUX (diffusers FluxPipeline components) + image encoders + the subject adapter.
@@ -101,7 +75,7 @@ class InstantCharacterPipeline:
 
     def __post_init__(self):
         if self.placement is None:
-            from .memory import Placement
+            from ..memory import Placement
 
             self.placement = Placement(self.device, offload=False)
 

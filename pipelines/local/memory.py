@@ -1,10 +1,10 @@
-"""Memory modes of the local pipeline, from most to least VRAM:
+"""Memory modes of the local pipelines, from most to least VRAM:
 
 - resident: every component on the compute device;
 - model_offload: components live on the CPU and move to the device for their phase (text encoding,
   reference encoding, denoising, decoding) — the pack's own, no accelerate needed;
-- group_offload: as model_offload, plus the FLUX transformer and T5 stream their blocks to the
-  device one group at a time (diffusers group offloading; CUDA streams on a GPU);
+- group_offload: as model_offload, plus the largest models stream their blocks to the device one
+  group at a time (diffusers group offloading; CUDA streams on a GPU);
 - sequential_offload: leaf by leaf (slowest; the last resort).
 
 On a CPU-only machine every mode computes on the CPU and gives the same result.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 
@@ -48,19 +49,20 @@ def _streams_itself(module: torch.nn.Module) -> bool:
     return getattr(module, "_character_identity_streams", False)
 
 
-def apply_memory_mode(mode: str, device: torch.device, flux, encoders, adapter) -> Placement:
+def apply_memory_mode(mode: str, device: torch.device, components: Iterable[torch.nn.Module],
+                      streamed: Iterable[torch.nn.Module]) -> Placement:
+    """`components`: every model of the pipeline; `streamed`: the large ones that group offloading
+    streams block by block."""
     if mode not in MEMORY_MODES:
         raise ValueError(f"memory mode {mode!r} is not one of {', '.join(MEMORY_MODES)}")
-    resident = [flux.transformer, flux.vae, flux.text_encoder, flux.text_encoder_2, encoders.siglip, encoders.dinov2,
-                adapter.projector]
     if mode == "resident" or device.type == "cpu":
-        for module in resident:
+        for module in components:
             module.to(device)
         return Placement(device, offload=False)
     if mode in ("group_offload", "sequential_offload"):
         from diffusers.hooks import apply_group_offloading
 
-        for module in (flux.transformer, flux.text_encoder_2):
+        for module in streamed:
             options = dict(offload_type="leaf_level") if mode == "sequential_offload" else \
                 dict(offload_type="block_level", num_blocks_per_group=1)
             apply_group_offloading(module, onload_device=device, offload_device=torch.device("cpu"),
