@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 import face_models
+from face_models import scene
 from pipelines.local.faces import (FaceAnalysisError, FaceAnalyzer, find_antelopev2, image_to_bgr, umeyama)
 
 
@@ -67,15 +68,6 @@ def test_the_alignment_transform_is_the_least_squares_similarity():
         expected = transform.SimilarityTransform()
         expected._estimate(src, dst)
         assert np.allclose(umeyama(src, dst), expected.params, atol=1e-6)
-
-
-def scene(*boxes, size=(320, 240)) -> Image.Image:
-    """Black, with white squares where the tiny detector should see faces."""
-    image = Image.new("RGB", size, (0, 0, 0))
-    draw = ImageDraw.Draw(image)
-    for box in boxes:
-        draw.rectangle(box, fill=(255, 255, 255))
-    return image
 
 
 def test_no_face_is_a_clear_error(analyzer):

@@ -275,7 +275,7 @@ class FaceAnalyzer:
         if not faces:
             raise FaceAnalysisError(f"no face found in the {what} image ({image.width}x{image.height}); use a photo "
                                     "where the face is clearly visible and faces the camera")
-        face = max(faces, key=lambda f: f.area)
+        face = sorted(faces, key=lambda f: f.area)[-1]      # the last of equals, as the demo's sort
         side = min(face.bbox[2] - face.bbox[0], face.bbox[3] - face.bbox[1])
         if side < MIN_FACE_SIDE:
             raise FaceAnalysisError(f"the face in the {what} image is only {side:.0f} px wide; at least "

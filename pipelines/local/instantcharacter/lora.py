@@ -21,16 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from ..weights import ModelFileError, read_state
-
-
-@dataclass
-class LoRALayer:
-    down: torch.Tensor      # [rank, in]
-    up: torch.Tensor        # [out, rank]
-    scale: float
+from ..lora import LoRALayer, layers_applied, read_layers
+from ..weights import ModelFileError
 
 
 @dataclass
@@ -75,32 +68,17 @@ def _clip_target(name: str) -> str | None:
 def read_lora(path: Path | str, inner: int) -> LoRA:
     """Parse a LoRA file for a FLUX transformer of width `inner` (q/k/v splits need it)."""
     path = Path(path)
-    state = read_state(path, "LoRA")
     lora = LoRA(path.name)
-    groups: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in state.items():
-        for suffix, role in ((".lora_A.weight", "down"), (".lora_B.weight", "up"), (".lora.down.weight", "down"),
-                             (".lora.up.weight", "up"), (".lora_down.weight", "down"), (".lora_up.weight", "up"),
-                             (".alpha", "alpha")):
-            if key.endswith(suffix):
-                groups.setdefault(key[: -len(suffix)], {})[role] = value
-                break
-        else:
-            raise ModelFileError(f"LoRA {path.name}: unexpected tensor {key!r}")
-    for base, parts in groups.items():
-        if "down" not in parts or "up" not in parts:
-            raise ModelFileError(f"LoRA {path.name}: {base!r} lacks its {'up' if 'down' in parts else 'down'} matrix")
-        down, up = parts["down"].float(), parts["up"].float()
-        scale = float(parts["alpha"]) / down.shape[0] if "alpha" in parts else 1.0
-        base = base.removeprefix("base_model.model.")
+    for base, layer in read_layers(path).items():
+        down, up, scale = layer.down, layer.up, layer.scale
         if base.startswith("transformer."):
-            lora.transformer[base[len("transformer."):]] = LoRALayer(down, up, scale)
+            lora.transformer[base[len("transformer."):]] = layer
         elif base.startswith("text_encoder."):
-            lora.text_encoder[base[len("text_encoder."):].removeprefix("text_model.")] = LoRALayer(down, up, scale)
+            lora.text_encoder[base[len("text_encoder."):].removeprefix("text_model.")] = layer
         elif base.startswith("lora_unet_") and (target := _kohya_target(base[len("lora_unet_"):])):
             prefix, modules = target
             if isinstance(modules, str):
-                lora.transformer[prefix + modules] = LoRALayer(down, up, scale)
+                lora.transformer[prefix + modules] = layer
             else:                                     # a fused projection: its rows split in order
                 sizes = [inner] * 3 + ([4 * inner] if len(modules) == 4 else [])
                 if up.shape[0] != sum(sizes):
@@ -109,7 +87,7 @@ def read_lora(path: Path | str, inner: int) -> LoRA:
                 for module, rows in zip(modules, torch.split(up, sizes, dim=0)):
                     lora.transformer[prefix + module] = LoRALayer(down, rows, scale)
         elif base.startswith("lora_te1_") and (target := _clip_target(base[len("lora_te1_"):])):
-            lora.text_encoder[target] = LoRALayer(down, up, scale)
+            lora.text_encoder[target] = layer
         else:
             raise ModelFileError(f"LoRA {path.name}: cannot place {base!r} on FLUX.1-dev (only the transformer "
                                  "and CLIP-L are supported)")
@@ -119,45 +97,8 @@ def read_lora(path: Path | str, inner: int) -> LoRA:
 @contextlib.contextmanager
 def lora_applied(transformer: torch.nn.Module, text_encoder: torch.nn.Module, lora: LoRA | None, strength: float):
     """Forward hooks that add each LoRA layer's output for as long as the block runs."""
-    if lora is None or strength == 0:
+    if lora is None:
         yield
         return
-    handles = []
-    try:
-        for model, layers in ((transformer, lora.transformer), (text_encoder, lora.text_encoder)):
-            for path, layer in layers.items():
-                module = _find(model, path)
-                if module is None:
-                    raise ModelFileError(f"LoRA {lora.name}: this model has no layer {path!r}")
-                if layer.down.shape[1] != module.in_features or layer.up.shape[0] != module.out_features:
-                    raise ModelFileError(f"LoRA {lora.name}: {path!r} is {layer.down.shape[1]}→{layer.up.shape[0]}; "
-                                         f"the model's layer is {module.in_features}→{module.out_features}")
-                handles.append(module.register_forward_hook(_adder(layer, strength)))
+    with layers_applied(lora.name, [(transformer, lora.transformer), (text_encoder, lora.text_encoder)], strength):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _find(model: torch.nn.Module, path: str):
-    for candidate in (path, f"text_model.{path}"):       # CLIP's layers sit under text_model in older transformers
-        try:
-            return model.get_submodule(candidate)
-        except AttributeError:
-            continue
-    return None
-
-
-def _adder(layer: LoRALayer, strength: float):
-    placed: dict = {}
-
-    def hook(module, args, output):
-        x = args[0]
-        key = (x.device, x.dtype)
-        if key not in placed:               # the LoRA follows the layer to its device (offloading moves it)
-            placed.clear()
-            placed[key] = (layer.down.to(x.device, x.dtype), layer.up.to(x.device, x.dtype))
-        down, up = placed[key]
-        return output + (strength * layer.scale) * F.linear(F.linear(x, down), up).to(output.dtype)
-
-    return hook

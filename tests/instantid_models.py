@@ -1,0 +1,195 @@
+"""Tiny InstantID models with deterministic random weights (see instantcharacter_models.fill), from
+the pack's shipped real-size SDXL configs with only the sizes shrunk, saved in the layouts users
+have: a diffusers SDXL folder, a single-file SDXL checkpoint (original layout, written with
+ComfyUI's own key maps), the IdentityNet as a diffusers folder and as one .safetensors, and the face
+adapter in the official `ip-adapter.bin` format (never committed: built at test time)."""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from instantcharacter_models import REPO_ROOT, _comfy_modules, fill
+from instantcharacter_models import comfy_tokenizer_dirs
+
+CONFIGS = REPO_ROOT / "pipelines" / "local" / "instantid" / "configs"
+# three levels like SDXL (the reference's face-region masks assume nine residuals at /8, /16, /32)
+UNET = {"block_out_channels": [64, 64, 128], "attention_head_dim": [1, 1, 2], "transformer_layers_per_block": [1, 1, 1],
+        "cross_attention_dim": 128, "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 6 * 8 + 64,
+        "sample_size": 8}
+CONTROLNET = {**UNET, "conditioning_embedding_out_channels": [16, 32, 32, 32]}
+CONTROLNET.pop("sample_size")
+VAE = {"block_out_channels": [32, 32, 32, 32], "layers_per_block": 1, "sample_size": 64}
+CLIP_L = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 1,
+          "projection_dim": 64}
+CLIP_G = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 1,
+          "projection_dim": 64}
+RESAMPLER = {"dim": 128, "depth": 2, "num_queries": 16, "embedding_dim": 512}
+
+
+def config(name: str, **sizes) -> dict:
+    values = json.loads((CONFIGS / name).read_text())
+    values.update(sizes)
+    return {k: v for k, v in values.items() if not k.startswith("_")}
+
+
+def unet():
+    from diffusers import UNet2DConditionModel
+
+    return fill(UNet2DConditionModel(**config("sdxl_unet.json", **UNET)))
+
+
+def controlnet():
+    from diffusers import ControlNetModel
+
+    return fill(ControlNetModel(**config("identitynet.json", **CONTROLNET)), seed=5)
+
+
+def vae():
+    from diffusers import AutoencoderKL
+
+    return fill(AutoencoderKL(**config("sdxl_vae.json", **VAE)))
+
+
+def text_encoders():
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    first = fill(CLIPTextModel(CLIPTextConfig(**config("sdxl_text_encoder.json", **CLIP_L))))
+    second = fill(CLIPTextModelWithProjection(CLIPTextConfig(**config("sdxl_text_encoder_2.json", **CLIP_G))), seed=3)
+    return first, second
+
+
+def scheduler():
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler.from_config(config("sdxl_scheduler.json"))
+
+
+def tokenizers():
+    from pipelines.local.instantid.loading import load_sdxl_tokenizers
+
+    return load_sdxl_tokenizers(comfy_tokenizer_dirs()[0])
+
+
+def adapter_state(seed: int = 17) -> dict:
+    """{"image_proj": resampler, "ip_adapter": {"<index>.to_k_ip.weight", …}} numbered over every
+    UNet attention processor, attn1 included, as the official file is."""
+    from pipelines.local.instantid.adapter import FaceAttnProcessor, FaceResampler, ResamplerSize
+
+    model = unet()
+    size = ResamplerSize(dim=RESAMPLER["dim"], depth=RESAMPLER["depth"], heads=RESAMPLER["dim"] // 64,
+                         num_queries=RESAMPLER["num_queries"], embedding_dim=RESAMPLER["embedding_dim"],
+                         output_dim=UNET["cross_attention_dim"], ff_inner=4 * RESAMPLER["dim"])
+    resampler = fill(FaceResampler(size), seed)
+    attention = {}
+    for index, (name, _) in enumerate(model.attn_processors.items()):
+        if name.endswith("attn2.processor"):
+            hidden = model.get_submodule(name[: -len(".processor")]).to_q.out_features
+            processor = fill(FaceAttnProcessor(hidden, UNET["cross_attention_dim"]), seed + index)
+            attention.update({f"{index}.{key}": value for key, value in processor.state_dict().items()})
+    return {"image_proj": resampler.state_dict(), "ip_adapter": attention}
+
+
+LCM_TARGETS = r"(attn[12]\.(to_q|to_k|to_v|to_out\.0)|proj_in|proj_out|ff\.net\.(0\.proj|2)|conv[12]|time_emb_proj|" \
+              r"conv_shortcut|downsamplers\.0\.conv|upsamplers\.0\.conv)$"
+
+
+def lcm_lora_state(model, rank: int = 4, alpha: float = 8.0, seed: int = 11) -> dict:
+    """A LoRA in the LCM-LoRA's own layout: kohya names spelling the UNet's diffusers modules with
+    underscores, a down/up pair and an alpha per layer, on attention, feed-forward and ResNet
+    layers (3×3 convolutions included)."""
+    import re
+
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, module in model.named_modules():
+        if ".processor" in name or not re.search(LCM_TARGETS, name):
+            continue
+        base = "lora_unet_" + name.replace(".", "_")
+        if isinstance(module, torch.nn.Linear):
+            down = torch.randn(rank, module.in_features, generator=generator) * 0.1
+            up = torch.randn(module.out_features, rank, generator=generator) * 0.1
+        elif isinstance(module, torch.nn.Conv2d):
+            down = torch.randn(rank, module.in_channels, *module.kernel_size, generator=generator) * 0.03
+            up = torch.randn(module.out_channels, rank, 1, 1, generator=generator) * 0.1
+        else:
+            continue
+        state.update({f"{base}.lora_down.weight": down, f"{base}.lora_up.weight": up,
+                      f"{base}.alpha": torch.tensor(alpha)})
+    return state
+
+
+# ---- the single-file SDXL checkpoint ------------------------------------------------------------
+
+def comfy_unet_config(model) -> dict:
+    """ComfyUI's description of a UNet (what its model detection derives), for its key map."""
+    levels = len(model.config.block_out_channels)
+    depth = list(model.config.transformer_layers_per_block)
+    per_block = model.config.layers_per_block
+    transformer_depth = [depth[i] if kind.startswith("CrossAttn") else 0
+                         for i, kind in enumerate(model.config.down_block_types) for _ in range(per_block)]
+    up_depth = [depth[levels - 1 - i] if kind.startswith("CrossAttn") else 0
+                for i, kind in enumerate(model.config.up_block_types) for _ in range(per_block + 1)]
+    return {"num_res_blocks": [per_block] * levels, "channel_mult": [1] * levels,
+            "transformer_depth": transformer_depth, "transformer_depth_output": list(reversed(up_depth)),
+            "transformer_depth_middle": depth[-1]}
+
+
+def ldm_checkpoint(unet_model, vae_model, clip_l, clip_g) -> dict:
+    """An SDXL checkpoint as .safetensors files on Civitai hold it, made with ComfyUI's key maps."""
+    comfy_utils, diffusers_convert = _comfy_modules()
+    out = {}
+    key_map = comfy_utils.unet_to_diffusers(comfy_unet_config(unet_model))
+    for key, value in unet_model.state_dict().items():
+        out["model.diffusion_model." + key_map[key]] = value
+    for key, value in diffusers_convert.convert_vae_state_dict(vae_model.state_dict()).items():
+        out["first_stage_model." + key] = value
+    for key, value in clip_l.state_dict().items():
+        if "position_ids" not in key:
+            out["conditioner.embedders.0.transformer." + (key if key.startswith("text_model.") else f"text_model.{key}")] = value
+    hf_g = {("transformer." + (k if k.startswith(("text_model.", "text_projection")) else f"text_model.{k}")): v
+            for k, v in clip_g.state_dict().items() if "position_ids" not in k}
+    for key, value in diffusers_convert.convert_text_enc_state_dict_v20(hf_g, prefix="transformer.").items():
+        out["conditioner.embedders.1.model." + key] = value
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+@dataclass
+class TinyInstantID:
+    root: Path
+    sdxl_folder: Path
+    checkpoint: Path
+    controlnet_folder: Path
+    controlnet_file: Path
+    adapter: Path
+    lcm_lora: Path
+
+
+def build_tiny_instantid(root: Path) -> TinyInstantID:
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    clip_l, clip_g = text_encoders()
+    parts = {"unet": unet(), "vae": vae(), "text_encoder": clip_l, "text_encoder_2": clip_g, "scheduler": scheduler()}
+    tokenizer, tokenizer_2 = tokenizers()
+    folder = root / "diffusers" / "sdxl-tiny"
+    StableDiffusionXLPipeline(tokenizer=tokenizer, tokenizer_2=tokenizer_2, **parts).save_pretrained(folder)
+    checkpoint = root / "checkpoints" / "sdxl-tiny.safetensors"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    save_file(ldm_checkpoint(parts["unet"], parts["vae"], clip_l, clip_g), checkpoint)
+    identitynet = controlnet()
+    controlnet_folder = root / "controlnet" / "instantid-tiny"
+    identitynet.save_pretrained(controlnet_folder)
+    controlnet_file = root / "controlnet" / "instantid-tiny.safetensors"
+    shutil.copy(controlnet_folder / "diffusion_pytorch_model.safetensors", controlnet_file)
+    adapter = root / "instantid" / "ip-adapter-tiny.bin"
+    adapter.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(adapter_state(), adapter)
+    lcm_lora = root / "loras" / "lcm-lora-sdxl-tiny.safetensors"
+    lcm_lora.parent.mkdir(parents=True, exist_ok=True)
+    save_file(lcm_lora_state(parts["unet"]), lcm_lora)
+    return TinyInstantID(root, folder, checkpoint, controlnet_folder, controlnet_file, adapter, lcm_lora)
