@@ -120,33 +120,43 @@ class InstantCharacterLoader(io.ComfyNode):
         torch_dtype = _resolve_dtype(dtype, device)
         if device.type != "cpu":
             # make room: ComfyUI unloads what it holds before a load of this size
-            mm.free_memory(_weights_size(plan, torch_dtype), device)
+            mm.free_memory(files_size([plan.adapter, plan.flux.transformer, plan.flux.vae, plan.flux.clip_l,
+                                       plan.flux.t5xxl, plan.flux.folder, plan.siglip, plan.dinov2]), device)
         pipeline = build_pipeline(plan, device=device, dtype=torch_dtype, memory=memory_mode,
                                   weight_format=weight_format)
         sources = {"flux": flux_model, "siglip": siglip, "dinov2": dinov2, "adapter": adapter}
         return io.NodeOutput(LoadedInstantCharacter(pipeline, memory_mode, sources))
 
 
-def _resolve_dtype(name: str, device):
+def _resolve_dtype(name: str, device, half: str = "bf16"):
+    """auto: fp32 on the CPU; on a GPU the `half` precision the model was made for (bf16 for FLUX,
+    fp16 for SDXL) where the GPU runs it well, else the other half precision, else fp32."""
     import comfy.model_management as mm
     import torch
 
     if name == "auto":
         if device.type == "cpu":
             return torch.float32
-        return torch.bfloat16 if mm.should_use_bf16(device) else torch.float32
+        checks = {"bf16": (mm.should_use_bf16, torch.bfloat16), "fp16": (mm.should_use_fp16, torch.float16)}
+        for key in (half, *(k for k in checks if k != half)):
+            check, dtype = checks[key]
+            if check(device):
+                return dtype
+        return torch.float32
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
-def _weights_size(plan, dtype) -> int:
-    """Bytes the weights take on the device, estimated from the files."""
-    paths = [plan.adapter, plan.flux.transformer, plan.flux.vae, plan.flux.clip_l, plan.flux.t5xxl]
+def files_size(paths) -> int:
+    """Bytes of the weight files among `paths` (files, or folders searched for weights): an estimate
+    of what loading them takes on the device."""
     total = 0
     for path in filter(None, paths):
-        total += os.path.getsize(path)
-    for folder in filter(None, (plan.flux.folder, plan.siglip, plan.dinov2)):
-        for root, _, names in os.walk(folder):
-            total += sum(os.path.getsize(os.path.join(root, n)) for n in names if n.endswith((".safetensors", ".bin")))
+        if os.path.isfile(path):
+            total += os.path.getsize(path)
+        elif os.path.isdir(path):
+            for root, _, names in os.walk(path):
+                total += sum(os.path.getsize(os.path.join(root, n)) for n in names
+                             if n.endswith((".safetensors", ".bin", ".gguf")))
     return total
 
 

@@ -7,6 +7,8 @@ import os
 import folder_paths
 
 INSTANTCHARACTER_FOLDER = "instantcharacter"
+INSTANTID_FOLDER = "instantid"
+INSIGHTFACE_FOLDER = "insightface"       # the name the popular InstantID packs give models/insightface
 ADAPTER_EXTENSIONS = {".bin", ".safetensors"}
 FLUX_FILE_EXTENSIONS = (".safetensors", ".sft", ".gguf")
 FOLDER_SUFFIX = " (diffusers folder)"
@@ -22,6 +24,12 @@ WHERE_TO_GET = {
     "text_encoders": "clip_l.safetensors and t5xxl_fp16.safetensors from Hugging Face comfyanonymous/flux_text_encoders",
     "clip_vision": "the Hugging Face folders google/siglip-so400m-patch14-384 and facebook/dinov2-giant",
     "diffusers": "the Hugging Face folder black-forest-labs/FLUX.1-dev",
+    "instantid": "ip-adapter.bin from Hugging Face InstantX/InstantID (research and non-commercial use only)",
+    "controlnet": "the IdentityNet: ControlNetModel/ (config.json + diffusion_pytorch_model.safetensors) from "
+                  "Hugging Face InstantX/InstantID",
+    "checkpoints": "an SDXL checkpoint (SDXL base 1.0 or a fine-tune of it)",
+    "insightface": "the antelopev2 models (scrfd_10g_bnkps.onnx and glintr100.onnx, non-commercial research use "
+                   "only) in models/insightface/models/antelopev2/",
 }
 
 
@@ -31,11 +39,11 @@ GGUF_FOLDER = "unet_gguf"
 
 
 def register_folders() -> None:
-    """models/instantcharacter/ (plus any path extra_model_paths.yaml gave that name), and the
-    diffusion model folders once more for .gguf files."""
-    default = os.path.join(folder_paths.models_dir, INSTANTCHARACTER_FOLDER)
-    folder_paths.add_model_folder_path(INSTANTCHARACTER_FOLDER, default)
-    folder_paths.folder_names_and_paths[INSTANTCHARACTER_FOLDER][1].update(ADAPTER_EXTENSIONS)
+    """models/instantcharacter/, models/instantid/ and models/insightface/ (plus any path
+    extra_model_paths.yaml gave those names), and the diffusion model folders once more for .gguf files."""
+    for name in (INSTANTCHARACTER_FOLDER, INSTANTID_FOLDER, INSIGHTFACE_FOLDER):
+        folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
+        folder_paths.folder_names_and_paths[name][1].update(ADAPTER_EXTENSIONS)
     for path in folder_paths.get_folder_paths("diffusion_models"):
         folder_paths.add_model_folder_path(GGUF_FOLDER, path)
     folder_paths.folder_names_and_paths[GGUF_FOLDER][1].add(".gguf")
@@ -110,6 +118,44 @@ def image_encoder_options() -> list[str]:
 
 def adapter_options() -> list[str]:
     return or_none(files_of((INSTANTCHARACTER_FOLDER,), tuple(ADAPTER_EXTENSIONS)))
+
+
+def sdxl_model_options() -> list[str]:
+    folders = [name + FOLDER_SUFFIX for name in _folders_with("diffusers", "model_index.json")]
+    return or_none(files_of(("checkpoints",), (".safetensors", ".sft")) + folders)
+
+
+def identitynet_options() -> list[str]:
+    folders = [name + FOLDER_SUFFIX for name in _folders_with("controlnet", "config.json")]
+    return or_none(folders + files_of(("controlnet",), (".safetensors",)))
+
+
+def instantid_adapter_options() -> list[str]:
+    return or_none(files_of((INSTANTID_FOLDER,), tuple(ADAPTER_EXTENSIONS)))
+
+
+def lora_options() -> list[str]:
+    return files_of(("loras",), (".safetensors",))
+
+
+def antelopev2_options() -> list[str]:
+    """Folders of models/insightface that hold the antelopev2 files (a nested antelopev2/antelopev2/
+    counts as its outer folder), e.g. 'models/antelopev2'."""
+    from ..pipelines.local.faces import DETECTOR_FILE
+
+    found = set()
+    for base in folder_paths.get_folder_paths(INSIGHTFACE_FOLDER):
+        if not os.path.isdir(base):
+            continue
+        for root, dirs, names in os.walk(base, followlinks=True):
+            relative = os.path.relpath(root, base).replace(os.sep, "/")
+            if relative.count("/") >= 3:
+                dirs.clear()
+            elif DETECTOR_FILE in names and relative != ".":
+                parent, _, leaf = relative.rpartition("/")
+                nested = parent and parent.rpartition("/")[2] == leaf
+                found.add(parent if nested else relative)
+    return or_none(sorted(found))
 
 
 def tokenizer_folders() -> tuple[str, str]:

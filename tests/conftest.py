@@ -25,6 +25,12 @@ def comfyui(tmp_path_factory, emulator_servers):
     from instantcharacter_models import build_tiny_files, install_into_models
 
     local_models = install_into_models(build_tiny_files(tmp_path_factory.mktemp("tiny-models")), base / "models")
+    import face_models
+    import instantid_models
+
+    instantid_files = instantid_models.build_tiny_instantid(tmp_path_factory.mktemp("tiny-instantid"))
+    antelopev2 = face_models.antelopev2(tmp_path_factory.mktemp("tiny-antelopev2") / "antelopev2")
+    instantid_names = instantid_models.install_into_models(instantid_files, antelopev2, base / "models")
     keys_file = base / "keys.ini"
     keys_file.write_text(f"[keys]\nSEGMIND_API_KEY = {TEST_KEYS['SEGMIND_API_KEY']}\n")
     env = {
@@ -42,6 +48,7 @@ def comfyui(tmp_path_factory, emulator_servers):
     server = ComfyUIServer(base, env=env, extra_args=["--preview-method", "auto"]).start()
     server.keys_file = keys_file
     server.local_models = local_models
+    server.instantid_models = instantid_names
     try:
         yield server
     finally:

@@ -193,3 +193,28 @@ def build_tiny_instantid(root: Path) -> TinyInstantID:
     lcm_lora.parent.mkdir(parents=True, exist_ok=True)
     save_file(lcm_lora_state(parts["unet"]), lcm_lora)
     return TinyInstantID(root, folder, checkpoint, controlnet_folder, controlnet_file, adapter, lcm_lora)
+
+
+def install_into_models(files: TinyInstantID, antelopev2: Path, models: Path) -> dict[str, str]:
+    """Put the tiny files where a ComfyUI user keeps theirs — the IdentityNet folder as Hugging Face
+    names it, antelopev2 nested one level too deep (as unzipping into the folder leaves it); returns
+    the names the loader nodes list."""
+    places = {
+        files.checkpoint: models / "checkpoints" / "sdxl-tiny.safetensors",
+        files.sdxl_folder: models / "diffusers" / "sdxl-tiny",
+        files.controlnet_folder: models / "controlnet" / "InstantID" / "ControlNetModel",
+        files.controlnet_file: models / "controlnet" / "instantid-tiny.safetensors",
+        files.adapter: models / "instantid" / "ip-adapter-tiny.bin",
+        files.lcm_lora: models / "loras" / "lcm-lora-sdxl-tiny.safetensors",
+        antelopev2: models / "insightface" / "models" / "antelopev2" / "antelopev2",
+    }
+    for source, target in places.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        else:
+            shutil.copy(source, target)
+    return {"checkpoint": "sdxl-tiny.safetensors", "sdxl_folder": "sdxl-tiny (diffusers folder)",
+            "identitynet_folder": "InstantID/ControlNetModel (diffusers folder)",
+            "identitynet_file": "instantid-tiny.safetensors", "adapter": "ip-adapter-tiny.bin",
+            "lcm_lora": "lcm-lora-sdxl-tiny.safetensors", "antelopev2": "models/antelopev2"}

@@ -20,6 +20,11 @@ PACK_NODES = {
     "CharIDSegmindInstantID": "Character Identity/Cloud",
     "CharIDInstantCharacterLoader": "Character Identity/Local",
     "CharIDInstantCharacterLocal": "Character Identity/Local",
+    "CharIDInstantIDLoader": "Character Identity/Local",
+    "CharIDInstantIDLocal": "Character Identity/Local",
+    "CharIDFaceModelsLoader": "Character Identity/Faces",
+    "CharIDFaceAnalysis": "Character Identity/Faces",
+    "CharIDIdentitySimilarity": "Character Identity/Faces",
 }
 GREEN, RED = (0, 255, 0), (255, 0, 0)
 

@@ -145,3 +145,19 @@ def test_a_damaged_model_file_says_so(folder, tmp_path):
 def test_asking_for_cuda_without_it_runs_on_the_cpu(folder):
     analyzer = FaceAnalyzer(folder, device="cuda")
     assert analyzer.provider == "CPU" and analyzer.analyze(photographs()["small"])
+
+
+def test_identity_scores_compare_the_largest_faces_and_say_none_without_one(analyzer):
+    from pipelines.identity import annotate, cosine, identity_scores
+
+    reference = scene((150, 60, 300, 210))
+    other = scene((20, 20, 120, 120), (200, 100, 260, 160))
+    scores = identity_scores(analyzer, reference, [reference.copy(), other, scene()])
+    assert scores[0].score == pytest.approx(1.0, abs=1e-6)
+    expected = cosine(analyzer.largest_face(reference).embedding, analyzer.largest_face(other).embedding)
+    assert scores[1].score == pytest.approx(expected) and scores[1].score < 0.999
+    assert scores[2].score is None and scores[2].text() == "none (no face found)"
+    assert cosine(np.array([1.0, 0.0]), np.array([-2.0, 0.0])) == -1.0
+    marked = annotate(reference, "identity 1.000")
+    assert marked.size == reference.size and np.asarray(marked)[2, 2].tolist() == [0, 0, 0]
+    assert (np.asarray(marked) != np.asarray(reference)).any()

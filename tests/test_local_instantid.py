@@ -399,3 +399,75 @@ def test_progress_reports_every_step_and_an_exception_there_stops_the_run(pipe):
     assert seen == [(1, 4, (1, 4, 8, 12)), (2, 4, (1, 4, 8, 12))]
     image = pipe.generate(case_face(), "a man", steps=1)                   # the lock was released
     assert isinstance(image[0], Image.Image) and image[0].size == cases.CANVAS
+
+
+# ---- the backend behind the shared contract ---------------------------------------------------------
+
+def portrait_request(**changes):
+    from pipelines.contract import GenerationRequest
+
+    values = dict(reference=face_models.scene((120, 50, 230, 170)), prompt="a man in a garden", width=96, height=64,
+                  seed=3, steps=3, guidance=5.0, identity_strength=0.8,
+                  extras={"style": "Watercolor", "adapter_strength": 0.7, "enhance_face_region": True})
+    values.update(changes)
+    return GenerationRequest(**values)
+
+
+def test_the_backend_runs_a_request_and_reports_what_it_used(pipe):
+    import asyncio
+
+    from pipelines.contract import DetachedRunContext
+    from pipelines.local.instantid.backend import LocalInstantID
+
+    context = DetachedRunContext()
+    result = asyncio.run(LocalInstantID(pipe).generate(portrait_request(), context))
+    assert [image.size for image in result.images] == [(96, 64)]
+    info = result.info()
+    assert info["style"] == "Watercolor" and info["adapter_strength"] == 0.7 and info["size"] == [96, 64]
+    assert info["backend"] == "InstantID (local)" and len(info["face_box"]) == 4
+    assert context.progress == [(1, 3), (2, 3), (3, 3)]
+
+
+@pytest.mark.parametrize("width, height, canvas, expected", [
+    (0, 0, (1280, 960), (1280, 960)), (512, 0, (1280, 960), (512, 384)), (0, 300, (960, 1280), (224, 300)),
+    (96, 64, (1280, 960), (96, 64))])
+def test_a_zero_side_follows_the_photo(width, height, canvas, expected):
+    from pipelines.local.instantid.backend import output_size
+
+    assert output_size(width, height, canvas) == expected
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(extras={"style": "Art Nouveau"}), "style = 'Art Nouveau' is not allowed; allowed values are '\\(No style\\)'"),
+    (dict(identity_strength=1.6), "identity strength = 1.6 is not allowed; allowed range is 0–1.5"),
+    (dict(width=100), "width = 100 is not allowed; allowed range is 0–2048 in multiples of 8"),
+    (dict(extras={"fast_mode": True}), "fast_mode needs the LCM-LoRA for SDXL"),
+])
+def test_bad_requests_are_refused_before_any_work(files, changes, message):
+    import asyncio
+
+    from pipelines.contract import DetachedRunContext
+    from pipelines.local.instantid.backend import LocalInstantID
+
+    no_lcm = build_pipeline(pipeline_files(files, lcm_lora=None))
+    no_lcm.faces = object()               # face analysis must not be reached
+    with pytest.raises(ValueError, match=message):
+        asyncio.run(LocalInstantID(no_lcm).generate(portrait_request(**changes), DetachedRunContext()))
+    assert no_lcm.counters.unet == 0
+
+
+def test_cancel_lands_within_a_step(pipe):
+    import asyncio
+
+    from pipelines.contract import DetachedRunContext, GenerationInterrupted
+    from pipelines.local.instantid.backend import LocalInstantID
+
+    class CancelAtTwo(DetachedRunContext):
+        def interrupted(self):
+            return len(self.progress) >= 2
+
+    context = CancelAtTwo()
+    before = pipe.counters.unet
+    with pytest.raises(GenerationInterrupted, match="cancelled at step 2/10"):
+        asyncio.run(LocalInstantID(pipe).generate(portrait_request(steps=10), context))
+    assert pipe.counters.unet - before == 2

@@ -269,11 +269,14 @@ class FaceAnalyzer:
                 self._cache.popitem(last=False)
         return faces
 
-    def largest_face(self, image: Image.Image, what: str = "reference") -> Face:
-        """The face InstantID uses for a reference: the largest; errors say what to change."""
+    def largest_face(self, image: Image.Image, what: str = "reference",
+                     shown_size: tuple[int, int] | None = None) -> Face:
+        """The face InstantID uses for a reference: the largest; errors say what to change (naming the
+        photo by `shown_size`, the size the user knows, when `image` is a resized copy)."""
         faces = self.analyze(image)
         if not faces:
-            raise FaceAnalysisError(f"no face found in the {what} image ({image.width}x{image.height}); use a photo "
+            width, height = shown_size or image.size
+            raise FaceAnalysisError(f"no face found in the {what} image ({width}x{height}); use a photo "
                                     "where the face is clearly visible and faces the camera")
         face = sorted(faces, key=lambda f: f.area)[-1]      # the last of equals, as the demo's sort
         side = min(face.bbox[2] - face.bbox[0], face.bbox[3] - face.bbox[1])

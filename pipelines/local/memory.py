@@ -69,3 +69,10 @@ def apply_memory_mode(mode: str, device: torch.device, components: Iterable[torc
                                    use_stream=device.type == "cuda", **options)
             module._character_identity_streams = True
     return Placement(device, offload=True)
+
+
+def out_of_memory(backend: str, mode: str) -> MemoryError:
+    """What to tell a user whose run did not fit: the next memory mode, or smaller work."""
+    hint = (f"; try the memory mode '{NEXT_MODE[mode]}' in the loader" if mode in NEXT_MODE
+            else "; lower the size or the number of images")
+    return MemoryError(f"{backend}: out of GPU memory in memory mode '{mode}'{hint}")

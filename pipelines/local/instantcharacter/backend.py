@@ -13,7 +13,7 @@ import torch
 
 from ...contract import (BackendLimits, Choice, GenerationBackend, GenerationInterrupted, GenerationRequest,
                          GenerationResult, NumberRange, RunContext, Text)
-from ..memory import NEXT_MODE
+from ..memory import out_of_memory
 from .pipeline import DEFAULTS, InstantCharacterPipeline, StepInfo
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF          # torch generators take any 64-bit seed (as ComfyUI's KSampler)
@@ -70,9 +70,7 @@ class LocalInstantCharacter(GenerationBackend):
                 guidance=request.guidance, num_images=request.num_images, subject_scale=request.identity_strength,
                 true_cfg_scale=true_cfg, on_step=on_step)
         except torch.OutOfMemoryError:
-            hint = (f"; try the memory mode '{NEXT_MODE[self.memory_mode]}' in the loader"
-                    if self.memory_mode in NEXT_MODE else "; lower the size or the number of images")
-            raise MemoryError(f"{self.name}: out of GPU memory in memory mode '{self.memory_mode}'{hint}") from None
+            raise out_of_memory(self.name, self.memory_mode) from None
         counters = {key: value - counters_before[key] for key, value in vars(self.pipeline.counters).items()}
         details = {"memory_mode": self.memory_mode, "dtype": str(self.pipeline.dtype).removeprefix("torch."),
                    "device": str(self.pipeline.device), "subject_scale": request.identity_strength,

@@ -43,8 +43,9 @@ def load_sdxl_tokenizers(clip_dir: Path | str):
 
 # ---- what a checkpoint is ------------------------------------------------------------------
 
-def checkpoint_keys(path: Path) -> list[str]:
+def checkpoint_keys(path: Path | str) -> list[str]:
     """The tensor names of a checkpoint without loading its tensors (safetensors), for an early check."""
+    path = Path(path)
     if path.suffix in (".safetensors", ".sft"):
         from safetensors import safe_open
 
@@ -308,8 +309,9 @@ class InstantIDFiles:
 
 
 def build_pipeline(files: InstantIDFiles, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                   memory: str = "resident", face_device: str = "cpu"):
-    """Everything loaded, checked and assembled into an InstantIDPipeline."""
+                   memory: str = "resident", face_device: str = "cpu", face_analyzer=None):
+    """Everything loaded, checked and assembled into an InstantIDPipeline. The face models come from
+    `files.antelopev2`, or are an already loaded FaceAnalyzer (`face_analyzer`, shared with other nodes)."""
     from ..faces import FaceAnalyzer
     from ..memory import apply_memory_mode
     from .adapter import build_face_adapter, install_face_adapter
@@ -318,7 +320,7 @@ def build_pipeline(files: InstantIDFiles, device: torch.device | str = "cpu", dt
     files.check()
     tokenizer, _ = load_sdxl_tokenizers(files.clip_tokenizer)
     adapter_state = read_state(files.adapter, "InstantID face adapter")
-    faces = FaceAnalyzer(files.antelopev2, device=face_device) if files.antelopev2 is not None else None
+    faces = FaceAnalyzer(files.antelopev2, device=face_device) if files.antelopev2 is not None else face_analyzer
     sdxl = Path(files.sdxl)
     parts = load_sdxl_folder(sdxl, dtype) if sdxl.is_dir() else load_sdxl_checkpoint(sdxl, dtype)
     scheduler_config = parts.pop("scheduler_config", None) or shipped_config("sdxl_scheduler.json")

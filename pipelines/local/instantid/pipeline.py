@@ -104,7 +104,7 @@ class InstantIDPipeline:
         from ..faces import FaceAnalysisError
 
         resized = demo_resize(reference.convert("RGB"))
-        identity = self.faces.largest_face(resized, "reference")
+        identity = self.faces.largest_face(resized, "reference", shown_size=reference.size)
         placed, canvas = identity, resized
         if pose is not None:
             canvas = demo_resize(pose.convert("RGB"))

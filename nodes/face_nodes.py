@@ -1,0 +1,111 @@
+"""Face nodes: load the antelopev2 face models once (their output feeds the InstantID loader and the
+nodes below), look at what face analysis finds in an image, and score how well any backend's images
+keep the reference's identity.
+
+Thin adapters over pipelines.local.faces and pipelines.identity.
+"""
+from __future__ import annotations
+
+import json
+
+from comfy_api.latest import io
+
+from ..pipelines import image_batch_to_pil, pil_to_image_batch
+from . import model_files as files
+from .common import CATEGORY_ROOT, node_id
+from .generator_inputs import single_image
+
+CATEGORY_FACES = f"{CATEGORY_ROOT}/Faces"
+FaceModelsSocket = io.Custom("CHARID_FACE_MODELS")
+
+
+class FaceModelsLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("FaceModelsLoader"), display_name="Load Face Models (antelopev2)", category=CATEGORY_FACES,
+            description="The antelopev2 face detector and recognizer (scrfd_10g_bnkps.onnx, glintr100.onnx) from "
+                        "models/insightface/models/antelopev2 (a nested antelopev2/antelopev2 folder is found too). "
+                        "Non-commercial research use only.",
+            inputs=[
+                io.Combo.Input("antelopev2", options=files.antelopev2_options(),
+                               tooltip="The folder holding the two ONNX files."),
+                io.Combo.Input("provider", options=["auto", "cpu"], default="auto",
+                               tooltip="auto: onnxruntime's CUDA provider when onnxruntime-gpu works, else the CPU."),
+            ],
+            outputs=[FaceModelsSocket.Output(display_name="face_models")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, antelopev2) -> bool | str:
+        if antelopev2 == files.NONE_FOUND:
+            return f"antelopev2: no face models found; get {files.WHERE_TO_GET[files.INSIGHTFACE_FOLDER]}"
+        return True
+
+    @classmethod
+    def execute(cls, antelopev2, provider) -> io.NodeOutput:
+        from ..pipelines.local.faces import FaceAnalyzer
+
+        folder = files.find_folder(files.INSIGHTFACE_FOLDER, antelopev2)
+        return io.NodeOutput(FaceAnalyzer(folder, device="cpu" if provider == "cpu" else "cuda"))
+
+
+class FaceAnalysisNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("FaceAnalysis"), display_name="Analyze Face", category=CATEGORY_FACES,
+            description="What InstantID sees in a photo: the keypoint image the IdentityNet is given and the face "
+                        "aligned as the recognizer sees it (112×112), for the largest face.",
+            inputs=[FaceModelsSocket.Input("face_models"), io.Image.Input("image")],
+            outputs=[io.Image.Output(display_name="keypoints"), io.Image.Output(display_name="aligned_face"),
+                     io.String.Output(display_name="info", tooltip="JSON: faces found, the face's box and score.")],
+        )
+
+    @classmethod
+    def execute(cls, face_models, image) -> io.NodeOutput:
+        from PIL import Image
+
+        from ..pipelines.local.faces import aligned_face, draw_keypoints, image_to_bgr
+
+        photo = single_image(image, "image")
+        faces = face_models.analyze(photo)
+        face = face_models.largest_face(photo, "input")
+        keypoints = draw_keypoints(photo.size, face.kps)
+        crop = aligned_face(image_to_bgr(photo), face.kps, face_models.recognizer_size)
+        info = {"faces": len(faces), "box": [round(float(v), 1) for v in face.bbox], "score": round(face.score, 4),
+                "keypoints": [[round(float(x), 1), round(float(y), 1)] for x, y in face.kps]}
+        return io.NodeOutput(pil_to_image_batch([keypoints]), pil_to_image_batch([Image.fromarray(crop[:, :, ::-1])]),
+                             json.dumps(info))
+
+
+class IdentitySimilarityNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("IdentitySimilarity"), display_name="Identity Similarity", category=CATEGORY_FACES,
+            description="How well each image keeps the reference's face: cosine similarity of ArcFace embeddings "
+                        "(largest face in each), for images from any backend, local or cloud. An image without a "
+                        "face scores none.",
+            inputs=[FaceModelsSocket.Input("face_models"), io.Image.Input("reference"), io.Image.Input("images")],
+            outputs=[io.Float.Output(display_name="scores", is_output_list=True,
+                                     tooltip="One score per image (none where no face was found)."),
+                     io.String.Output(display_name="report"),
+                     io.Image.Output(display_name="annotated", tooltip="The images with their score written on.")],
+        )
+
+    @classmethod
+    def execute(cls, face_models, reference, images) -> io.NodeOutput:
+        from ..pipelines.identity import annotate, identity_scores
+
+        batch = image_batch_to_pil(images)
+        scores = identity_scores(face_models, single_image(reference, "reference"), batch)
+        lines = [f"image {index + 1}: {score.text()}" for index, score in enumerate(scores)]
+        found = [score.score for score in scores if score.score is not None]
+        if found:
+            lines.append(f"mean over {len(found)} image(s) with a face: {sum(found) / len(found):.3f}")
+        annotated = [annotate(image, f"identity {score.text()}") for image, score in zip(batch, scores)]
+        return io.NodeOutput([score.score for score in scores], "\n".join(lines), pil_to_image_batch(annotated))
+
+
+FACE_NODES = [FaceModelsLoader, FaceAnalysisNode, IdentitySimilarityNode]

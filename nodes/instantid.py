@@ -1,0 +1,172 @@
+"""Local InstantID nodes: a loader (SDXL, IdentityNet, face adapter, face models, optional LCM-LoRA,
+memory mode, dtype) whose output ComfyUI caches, and a generator whose first ten sockets are the
+Segmind InstantID node's, then the pipeline, then the Segmind node's InstantID options.
+
+Thin adapters over pipelines.local.instantid; the loaded pipeline lives in the loader's output.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from comfy_api.latest import io
+
+from . import model_files as files
+from .common import CATEGORY_LOCAL, node_id
+from .face_nodes import FaceModelsSocket
+from .generator_inputs import Defaults, build_request, float_input, generator_schema, single_image, validate_prompt
+from .local import DTYPES, _memory_modes, _resolve_dtype, files_size
+from .runtime import generate
+
+PIPELINE_TYPE = "CHARID_INSTANTID"
+NO_LCM = "none"
+InstantIDPipelineSocket = io.Custom(PIPELINE_TYPE)
+
+
+@dataclass
+class LoadedInstantID:
+    pipeline: Any
+    memory_mode: str
+    sources: dict[str, str]
+
+
+def _folder_choice(value: str) -> tuple[bool, str]:
+    if value.endswith(files.FOLDER_SUFFIX):
+        return True, value[: -len(files.FOLDER_SUFFIX)]
+    return False, value
+
+
+class InstantIDLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("InstantIDLoader"), display_name="Load InstantID (local)", category=CATEGORY_LOCAL,
+            description="SDXL + the IdentityNet + the InstantID face adapter from your model folders, with the face "
+                        "models from Load Face Models. SDXL from a checkpoint (models/checkpoints) or a diffusers "
+                        "folder (models/diffusers). Nothing is downloaded.",
+            inputs=[
+                io.Combo.Input("sdxl_model", options=files.sdxl_model_options(),
+                               tooltip="An SDXL checkpoint (base 1.0 or a fine-tune) or a diffusers SDXL folder."),
+                io.Combo.Input("identitynet", options=files.identitynet_options(),
+                               tooltip="InstantID's ControlNetModel folder, or its diffusion_pytorch_model"
+                                       ".safetensors (models/controlnet)."),
+                io.Combo.Input("adapter", options=files.instantid_adapter_options(),
+                               tooltip="ip-adapter.bin (models/instantid)."),
+                FaceModelsSocket.Input("face_models", tooltip="From Load Face Models (antelopev2)."),
+                io.Combo.Input("lcm_lora", options=[NO_LCM, *files.lora_options()], default=NO_LCM,
+                               tooltip="Optional: the LCM-LoRA for SDXL (models/loras), for the generator's "
+                                       "fast_mode."),
+                io.Combo.Input("memory_mode", options=_memory_modes(), default="model_offload",
+                               tooltip="resident (most VRAM, fastest) → model_offload → group_offload → "
+                                       "sequential_offload (least VRAM, slowest)."),
+                io.Combo.Input("dtype", options=list(DTYPES), default="auto",
+                               tooltip="auto: fp16 on GPUs (as the reference runs), fp32 on the CPU."),
+            ],
+            outputs=[InstantIDPipelineSocket.Output(display_name="pipeline")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, sdxl_model, identitynet, adapter) -> bool | str:
+        for name, value, kind in (("sdxl_model", sdxl_model, "checkpoints"), ("identitynet", identitynet, "controlnet"),
+                                  ("adapter", adapter, files.INSTANTID_FOLDER)):
+            if value == files.NONE_FOUND:
+                return f"{name}: no model found; put {files.WHERE_TO_GET[kind]} into models/{kind}"
+        is_folder, name = _folder_choice(sdxl_model)
+        if not is_folder:                 # a checkpoint that is not SDXL is refused by name at queue time
+            from ..pipelines.local.instantid.loading import checkpoint_keys, describe_non_sdxl
+            from ..pipelines.local.weights import ModelFileError
+
+            try:
+                kind = describe_non_sdxl(checkpoint_keys(files.find_file(("checkpoints",), name)))
+            except (ModelFileError, FileNotFoundError) as exc:
+                return f"sdxl_model: {exc}"
+            if kind:
+                return f"sdxl_model: {name} is {kind}; InstantID needs an SDXL checkpoint"
+        return True
+
+    @classmethod
+    def execute(cls, sdxl_model, identitynet, adapter, face_models, lcm_lora, memory_mode, dtype) -> io.NodeOutput:
+        import comfy.model_management as mm
+
+        from ..pipelines.local.instantid.loading import InstantIDFiles, build_pipeline
+
+        is_folder, name = _folder_choice(sdxl_model)
+        sdxl = files.find_folder("diffusers", name) if is_folder else files.find_file(("checkpoints",), name)
+        is_folder, name = _folder_choice(identitynet)
+        controlnet = files.find_folder("controlnet", name) if is_folder else files.find_file(("controlnet",), name)
+        plan = InstantIDFiles(
+            sdxl=sdxl, identitynet=controlnet, adapter=files.find_file((files.INSTANTID_FOLDER,), adapter),
+            clip_tokenizer=files.tokenizer_folders()[0],
+            lcm_lora=None if lcm_lora == NO_LCM else files.find_file(("loras",), lcm_lora))
+        plan.check()                                  # every file there before any weight loads
+
+        device = mm.get_torch_device()
+        torch_dtype = _resolve_dtype(dtype, device, half="fp16")
+        if device.type != "cpu":
+            mm.free_memory(files_size([plan.sdxl, plan.identitynet, plan.adapter]), device)
+        pipeline = build_pipeline(plan, device=device, dtype=torch_dtype, memory=memory_mode,
+                                  face_analyzer=face_models)
+        sources = {"sdxl": sdxl_model, "identitynet": identitynet, "adapter": adapter, "lcm_lora": lcm_lora}
+        return io.NodeOutput(LoadedInstantID(pipeline, memory_mode, sources))
+
+
+class InstantIDLocalNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        from ..pipelines.local.instantid.backend import LIMITS
+        from ..pipelines.local.instantid.pipeline import DEFAULTS
+        from ..pipelines.local.instantid.styles import NO_STYLE, STYLES
+
+        return generator_schema(
+            node_id("InstantIDLocal"), "InstantID (local)", CATEGORY_LOCAL,
+            "InstantID on your own GPU (or CPU), from a Load InstantID node. Same sockets as the Segmind InstantID "
+            "node. Width and height 0: the size the reference (or pose) photo gives, as the InstantID demo sizes "
+            "it. The InstantID weights and antelopev2 are non-commercial releases.",
+            LIMITS, Defaults(steps=DEFAULTS["steps"], guidance=DEFAULTS["guidance"],
+                             strength=DEFAULTS["identity_strength"], width=0, height=0),
+            "IdentityNet strength: how closely the face and its pose follow the reference (0–1.5).",
+            [
+                InstantIDPipelineSocket.Input("pipeline", tooltip="From Load InstantID (local)."),
+                io.Combo.Input("style", options=list(STYLES), default=NO_STYLE,
+                               tooltip="The InstantID demo's style templates (the same names as Segmind's)."),
+                float_input("adapter_strength", LIMITS.extras["adapter_strength"], DEFAULTS["adapter_strength"],
+                            tooltip="Image adapter strength: face detail (lower it if the prompt is ignored)."),
+                io.Boolean.Input("enhance_face_region", default=DEFAULTS["enhance_face_region"],
+                                 tooltip="Confine the identity to the face box, leaving the rest to the prompt."),
+                io.Image.Input("pose_image", optional=True,
+                               tooltip="Optional: a photo whose face position (and size) to follow."),
+                io.Boolean.Input("fast_mode", default=False, optional=True,
+                                 tooltip="LCM-LoRA + LCM scheduler (choose the LoRA in the loader): use about 5 "
+                                         "steps and guidance 1.5."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, prompt=None, width=None, height=None) -> bool | str:
+        from ..pipelines.contract import RequestValidationError
+        from ..pipelines.local.instantid.backend import LIMITS
+
+        for name, value in (("width", width), ("height", height)):
+            if value is not None:
+                try:
+                    getattr(LIMITS, name).check(LIMITS.backend, name, value)
+                except RequestValidationError as exc:
+                    return str(exc)
+        return validate_prompt(prompt)
+
+    @classmethod
+    async def execute(cls, reference, prompt, negative_prompt, width, height, seed, steps, guidance, num_images,
+                      strength, pipeline, style, adapter_strength, enhance_face_region, pose_image=None,
+                      fast_mode=False) -> io.NodeOutput:
+        from ..pipelines.local.instantid.backend import LocalInstantID
+
+        extras = {"style": style, "adapter_strength": adapter_strength, "enhance_face_region": enhance_face_region,
+                  "fast_mode": fast_mode,
+                  "pose_image": single_image(pose_image, "pose_image") if pose_image is not None else None}
+        request = build_request(reference, prompt, negative_prompt, width, height, seed, steps, guidance, num_images,
+                                strength, extras)
+        backend = LocalInstantID(pipeline.pipeline, pipeline.memory_mode)
+        return io.NodeOutput(*await generate(backend, request, cls.hidden.unique_id))
+
+
+INSTANTID_NODES = [InstantIDLoader, InstantIDLocalNode]

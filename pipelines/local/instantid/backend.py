@@ -1,0 +1,111 @@
+"""Local InstantID behind the shared generation contract, with the Segmind InstantID node's option
+names (style, adapter_strength, enhance_face_region, pose_image), so a workflow swaps backends.
+
+Face analysis, then the heavy work, run in a worker thread: the host's event loop stays free
+(cloud nodes in the same ComfyUI prompt keep polling and downloading while the GPU works). A photo
+without a usable face is refused before any denoising step. Progress and a preview estimate are
+reported after every step, and Cancel is checked there: it lands within one step.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import torch
+
+from ...contract import (BackendLimits, Choice, Flag, GenerationBackend, GenerationInterrupted, GenerationRequest,
+                         GenerationResult, ImageInput, NumberRange, RunContext)
+from ..memory import out_of_memory
+from .pipeline import DEFAULTS, InstantIDPipeline, StepInfo
+from .styles import NO_STYLE, STYLES, apply_style
+
+SEED_MAX = 0xFFFFFFFFFFFFFFFF          # torch generators take any 64-bit seed (as ComfyUI's KSampler)
+SIZE_STEP = 8
+
+LIMITS = BackendLimits(
+    backend="InstantID (local)",
+    # 0 = the size the demo's rule gives the pose (or reference) photo
+    width=NumberRange(0, 2048, integer=True, multiple_of=SIZE_STEP),
+    height=NumberRange(0, 2048, integer=True, multiple_of=SIZE_STEP),
+    seed=NumberRange(0, SEED_MAX, integer=True),
+    steps=NumberRange(1, 100, integer=True),
+    guidance=NumberRange(0, 20),                     # ≤ 1: no classifier-free guidance
+    num_images=NumberRange(1, 4, integer=True),
+    identity_strength=NumberRange(0, 1.5),           # the IdentityNet's conditioning scale
+    extras={"style": Choice(tuple(STYLES)),
+            "adapter_strength": NumberRange(0, 1.5),
+            "enhance_face_region": Flag(),
+            "pose_image": ImageInput(),
+            "fast_mode": Flag()},                     # the LCM-LoRA and LCM scheduler
+)
+
+
+def output_size(width: int, height: int, canvas: tuple[int, int]) -> tuple[int, int]:
+    """0 takes the canvas side; one side 0 follows the canvas's aspect ratio (a multiple of 8)."""
+    if width and height:
+        return width, height
+    if not width and not height:
+        return canvas
+    if width:
+        return width, max(SIZE_STEP, round(width * canvas[1] / canvas[0] / SIZE_STEP) * SIZE_STEP)
+    return max(SIZE_STEP, round(height * canvas[0] / canvas[1] / SIZE_STEP) * SIZE_STEP), height
+
+
+class LocalInstantID(GenerationBackend):
+    name = LIMITS.backend
+
+    def __init__(self, pipeline: InstantIDPipeline, memory_mode: str = "resident"):
+        self.pipeline = pipeline
+        self.memory_mode = memory_mode
+
+    @property
+    def limits(self) -> BackendLimits:
+        return LIMITS
+
+    def validate(self, request: GenerationRequest) -> None:
+        super().validate(request)
+        if request.extras.get("fast_mode") and self.pipeline.lcm is None:
+            raise ValueError(f"{self.name}: fast_mode needs the LCM-LoRA for SDXL; choose it in the loader "
+                             "(lcm_lora), or turn fast_mode off")
+        if self.pipeline.faces is None:
+            raise ValueError(f"{self.name}: this pipeline was loaded without face models")
+
+    async def _run(self, request: GenerationRequest, context: RunContext) -> GenerationResult:
+        started = time.monotonic()
+        extras = {**DEFAULTS, "style": NO_STYLE, "fast_mode": False,
+                  **{k: v for k, v in request.extras.items() if v is not None}}
+        pose = request.extras.get("pose_image")
+        prompt, negative = apply_style(extras["style"], request.prompt, request.negative_prompt)
+
+        def on_step(step: StepInfo) -> None:
+            context.report_progress(step.step, step.total, step.denoised)
+            if context.interrupted():
+                raise GenerationInterrupted(f"{self.name}: cancelled at step {step.step}/{step.total}")
+
+        context.report_status(f"{self.name}: analysing the face")
+        face = await asyncio.to_thread(self.pipeline.face_from_images, request.reference, pose)
+        width, height = output_size(request.width, request.height, face.size)
+        if context.interrupted():
+            raise GenerationInterrupted(f"{self.name}: cancelled before generating")
+        context.report_status(f"{self.name}: generating {width}x{height}")
+        counters_before = dict(vars(self.pipeline.counters))
+        try:
+            images = await asyncio.to_thread(
+                self.pipeline.generate, face, prompt, negative, width=width, height=height, seed=request.seed,
+                steps=request.steps, guidance=request.guidance, num_images=request.num_images,
+                identity_strength=request.identity_strength, adapter_strength=float(extras["adapter_strength"]),
+                enhance_face_region=bool(extras["enhance_face_region"]),
+                scheduler="lcm" if extras["fast_mode"] else "euler", on_step=on_step)
+        except torch.OutOfMemoryError:
+            raise out_of_memory(self.name, self.memory_mode) from None
+        counters = {key: value - counters_before[key] for key, value in vars(self.pipeline.counters).items()}
+        details = {"memory_mode": self.memory_mode, "dtype": str(self.pipeline.dtype).removeprefix("torch."),
+                   "device": str(self.pipeline.device), "style": extras["style"],
+                   "identity_strength": request.identity_strength, "adapter_strength": extras["adapter_strength"],
+                   "enhance_face_region": bool(extras["enhance_face_region"]), "fast_mode": bool(extras["fast_mode"]),
+                   "pose_image": pose is not None, "face_box": [round(float(v), 1) for v in face.bbox],
+                   "size": [width, height], "model_calls": counters}
+        if request.guidance <= 1 and request.negative_prompt.strip():
+            details["ignored_inputs"] = ["negative_prompt (it takes effect with guidance above 1)"]
+        return GenerationResult(images=images, backend=self.name, seed=request.seed,
+                                timings={"total": time.monotonic() - started}, details=details)
