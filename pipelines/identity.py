@@ -2,8 +2,7 @@
 recognizer) between the largest face of a reference and the largest face of each image — for
 images from any backend, local or cloud. An image without a usable face scores None.
 
-Scores from the same recognizer are comparable across backends; as a rough guide for antelopev2,
-the same person usually scores above ~0.4 and different people below ~0.2.
+Scores from the same recognizer are comparable across backends and runs; higher is closer.
 """
 from __future__ import annotations
 

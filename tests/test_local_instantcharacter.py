@@ -291,7 +291,8 @@ def test_the_readme_python_example_names_the_real_api():
     from pipelines.local.instantcharacter.pipeline import InstantCharacterPipeline
 
     readme = (tiny.REPO_ROOT / "README.md").read_text()
-    [snippet] = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "build_pipeline" in block]
+    [snippet] = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S)
+                 if "instantcharacter.loading" in block]
     callables = {"FluxFiles": FluxFiles, "InstantCharacterFiles": InstantCharacterFiles,
                  "build_pipeline": build_pipeline, "generate": InstantCharacterPipeline.generate}
     seen = set()

@@ -471,3 +471,28 @@ def test_cancel_lands_within_a_step(pipe):
     with pytest.raises(GenerationInterrupted, match="cancelled at step 2/10"):
         asyncio.run(LocalInstantID(pipe).generate(portrait_request(steps=10), context))
     assert pipe.counters.unet - before == 2
+
+
+def test_the_readme_python_example_names_the_real_api():
+    """The README's InstantID "From Python" snippet: every keyword it passes exists in the code it calls."""
+    import ast
+    import inspect
+    import re
+
+    from pipelines.local.instantid.pipeline import InstantIDPipeline
+
+    readme = (tiny.REPO_ROOT / "README.md").read_text()
+    [snippet] = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "instantid.loading" in block]
+    callables = {"InstantIDFiles": InstantIDFiles, "build_pipeline": build_pipeline, "apply_style": apply_style,
+                 "FaceConditioning": FaceConditioning, "face_from_images": InstantIDPipeline.face_from_images,
+                 "generate": InstantIDPipeline.generate}
+    seen = set()
+    for node in ast.walk(ast.parse(snippet)):
+        if isinstance(node, ast.Call):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+            if name in callables:
+                parameters = inspect.signature(callables[name]).parameters
+                for keyword in node.keywords:
+                    assert keyword.arg in parameters, f"{name}({keyword.arg}=…) is not in the code"
+                seen.add(name)
+    assert seen == set(callables)

@@ -249,8 +249,10 @@ class FaceAnalyzer:
 
     # ---- recognition ------------------------------------------------------------------------
 
-    def embed(self, image: Image.Image, face: Face) -> np.ndarray:
-        crop = aligned_face(image_to_bgr(image), face.kps, self.recognizer_size)
+    def embed(self, image: Image.Image | np.ndarray, face: Face) -> np.ndarray:
+        """The face's embedding; `image` as a PIL image or already as a BGR array."""
+        bgr = image if isinstance(image, np.ndarray) else image_to_bgr(image)
+        crop = aligned_face(bgr, face.kps, self.recognizer_size)
         inputs = {self.recognizer.get_inputs()[0].name: _blob(crop, 127.5, 127.5)}
         return self.recognizer.run(None, inputs)[0].flatten()
 
@@ -262,7 +264,8 @@ class FaceAnalyzer:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        faces = [Face(f.bbox, f.kps, f.score, self.embed(rgb, f)) for f in self.detect(rgb)]
+        bgr = image_to_bgr(rgb)                       # once, not per face
+        faces = [Face(f.bbox, f.kps, f.score, self.embed(bgr, f)) for f in self.detect(rgb)]
         with self._lock:
             self._cache[key] = faces
             while len(self._cache) > self._cache_size:

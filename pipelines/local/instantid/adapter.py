@@ -100,7 +100,10 @@ class FaceAttnProcessor(nn.Module):
         else:
             if face is not None:
                 split = encoder_hidden_states.shape[1] - face.tokens
-                encoder_hidden_states, face_tokens = encoder_hidden_states[:, :split], encoder_hidden_states[:, split:]
+                # contiguous: a linear layer on a strided slice takes a slow batched path in torch
+                # (on the CPU it copies the transposed weight at every call)
+                encoder_hidden_states, face_tokens = (encoder_hidden_states[:, :split].contiguous(),
+                                                      encoder_hidden_states[:, split:].contiguous())
             if attn.norm_cross:
                 encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
         key, value = attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
