@@ -15,23 +15,14 @@ GPU has been lent to this project's sessions so far.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT / "tests"), str(REPO_ROOT)]
 
-
-def timed(function, repeat: int = 3) -> float:
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+from timing import timed  # noqa: E402  (benchmarks/, the script's own folder)
 
 
 def cpu() -> None:

@@ -17,31 +17,14 @@ mode, and — with --reference — the reference pipeline in the same run.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT / "tests"), str(REPO_ROOT)]
 
-
-def timed(function, repeat: int = 3) -> float:
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        function()
-        _synchronise()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
-def _synchronise():
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+from timing import timed  # noqa: E402  (benchmarks/, the script's own folder)
 
 
 def reference_pipeline(reference_repo: Path, models, dtype, device, resampler_size: dict):

@@ -99,3 +99,19 @@ def validate_prompt(prompt: str | None) -> bool | str:
     if prompt is not None and not prompt.strip():
         return "prompt: the prompt must not be empty"
     return True
+
+
+def validate_size_and_prompt(limits: BackendLimits, prompt: str | None, width: int | None,
+                             height: int | None) -> bool | str:
+    """Queue-time checks of a local generator, before its loader spends minutes on weights.
+    (ComfyUI leaves the range of an input that validate_inputs takes to it, so the whole range is
+    checked here.)"""
+    from ..pipelines.contract import RequestValidationError
+
+    for name, value in (("width", width), ("height", height)):
+        if value is not None:
+            try:
+                getattr(limits, name).check(limits.backend, name, value)
+            except RequestValidationError as exc:
+                return str(exc)
+    return validate_prompt(prompt)

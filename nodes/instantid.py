@@ -14,8 +14,9 @@ from comfy_api.latest import io
 from . import model_files as files
 from .common import CATEGORY_LOCAL, node_id
 from .face_nodes import FaceModelsSocket
-from .generator_inputs import Defaults, build_request, float_input, generator_schema, single_image, validate_prompt
-from .local import DTYPES, _memory_modes, _resolve_dtype, files_size
+from .generator_inputs import (Defaults, build_request, float_input, generator_schema, single_image,
+                               validate_size_and_prompt)
+from .local import dtype_input, files_size, memory_mode_input, resolve_dtype
 from .runtime import generate
 
 PIPELINE_TYPE = "CHARID_INSTANTID"
@@ -56,11 +57,9 @@ class InstantIDLoader(io.ComfyNode):
                 io.Combo.Input("lcm_lora", options=[NO_LCM, *files.lora_options()], default=NO_LCM,
                                tooltip="Optional: the LCM-LoRA for SDXL (models/loras), for the generator's "
                                        "fast_mode."),
-                io.Combo.Input("memory_mode", options=_memory_modes(), default="model_offload",
-                               tooltip="resident (most VRAM, fastest) → model_offload → group_offload → "
-                                       "sequential_offload (least VRAM, slowest)."),
-                io.Combo.Input("dtype", options=list(DTYPES), default="auto",
-                               tooltip="auto: fp16 on GPUs (as the reference runs), fp32 on the CPU."),
+                memory_mode_input(),
+                dtype_input("auto: fp16 on GPUs that run it well (as the reference runs), else bf16; fp32 on "
+                            "the CPU."),
             ],
             outputs=[InstantIDPipelineSocket.Output(display_name="pipeline")],
         )
@@ -101,7 +100,7 @@ class InstantIDLoader(io.ComfyNode):
         plan.check()                                  # every file there before any weight loads
 
         device = mm.get_torch_device()
-        torch_dtype = _resolve_dtype(dtype, device, half="fp16")
+        torch_dtype = resolve_dtype(dtype, device, half="fp16")
         if device.type != "cpu":
             mm.free_memory(files_size([plan.sdxl, plan.identitynet, plan.adapter]), device)
         pipeline = build_pipeline(plan, device=device, dtype=torch_dtype, memory=memory_mode,
@@ -143,16 +142,9 @@ class InstantIDLocalNode(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, prompt=None, width=None, height=None) -> bool | str:
-        from ..pipelines.contract import RequestValidationError
         from ..pipelines.local.instantid.backend import LIMITS
 
-        for name, value in (("width", width), ("height", height)):
-            if value is not None:
-                try:
-                    getattr(LIMITS, name).check(LIMITS.backend, name, value)
-                except RequestValidationError as exc:
-                    return str(exc)
-        return validate_prompt(prompt)
+        return validate_size_and_prompt(LIMITS, prompt, width, height)
 
     @classmethod
     async def execute(cls, reference, prompt, negative_prompt, width, height, seed, steps, guidance, num_images,

@@ -15,7 +15,7 @@ from comfy_api.latest import io
 
 from . import model_files as files
 from .common import CATEGORY_LOCAL, node_id
-from .generator_inputs import Defaults, build_request, float_input, generator_schema, validate_prompt
+from .generator_inputs import Defaults, build_request, float_input, generator_schema, validate_size_and_prompt
 from .runtime import generate
 
 PIPELINE_TYPE = "CHARID_INSTANTCHARACTER"
@@ -33,10 +33,16 @@ class LoadedInstantCharacter:
     sources: dict[str, str]
 
 
-def _memory_modes() -> list[str]:
+def memory_mode_input() -> io.Combo.Input:
     from ..pipelines.local.memory import MEMORY_MODES
 
-    return list(MEMORY_MODES)
+    return io.Combo.Input("memory_mode", options=list(MEMORY_MODES), default="model_offload",
+                          tooltip="resident (most VRAM, fastest) → model_offload → group_offload → "
+                                  "sequential_offload (least VRAM, slowest).")
+
+
+def dtype_input(tooltip: str) -> io.Combo.Input:
+    return io.Combo.Input("dtype", options=list(DTYPES), default="auto", tooltip=tooltip)
 
 
 class InstantCharacterLoader(io.ComfyNode):
@@ -65,11 +71,8 @@ class InstantCharacterLoader(io.ComfyNode):
                                tooltip="dtype: the FLUX transformer in the chosen dtype. fp8_e4m3fn: stored in fp8 "
                                        "and computed in the dtype layer by layer (half the VRAM; the adapter's "
                                        "layers stay in full precision)."),
-                io.Combo.Input("memory_mode", options=_memory_modes(), default="model_offload",
-                               tooltip="resident (most VRAM, fastest) → model_offload → group_offload → "
-                                       "sequential_offload (least VRAM, slowest)."),
-                io.Combo.Input("dtype", options=list(DTYPES), default="auto",
-                               tooltip="auto: bf16 on GPUs that support it, fp32 on the CPU."),
+                memory_mode_input(),
+                dtype_input("auto: bf16 on GPUs that support it, fp32 on the CPU."),
             ],
             outputs=[InstantCharacterPipelineSocket.Output(display_name="pipeline")],
         )
@@ -117,7 +120,7 @@ class InstantCharacterLoader(io.ComfyNode):
         plan.check()                                  # every file there before any weight loads
 
         device = mm.get_torch_device()                # honours --cpu and ComfyUI's device choice
-        torch_dtype = _resolve_dtype(dtype, device)
+        torch_dtype = resolve_dtype(dtype, device)
         if device.type != "cpu":
             # make room: ComfyUI unloads what it holds before a load of this size
             mm.free_memory(files_size([plan.adapter, plan.flux.transformer, plan.flux.vae, plan.flux.clip_l,
@@ -128,7 +131,7 @@ class InstantCharacterLoader(io.ComfyNode):
         return io.NodeOutput(LoadedInstantCharacter(pipeline, memory_mode, sources))
 
 
-def _resolve_dtype(name: str, device, half: str = "bf16"):
+def resolve_dtype(name: str, device, half: str = "bf16"):
     """auto: fp32 on the CPU; on a GPU the `half` precision the model was made for (bf16 for FLUX,
     fp16 for SDXL) where the GPU runs it well, else the other half precision, else fp32."""
     import comfy.model_management as mm
@@ -188,18 +191,9 @@ class InstantCharacterLocalNode(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, prompt=None, width=None, height=None) -> bool | str:
-        """Queue-time checks, before the loader spends minutes on weights. (ComfyUI leaves the range
-        of an input that validate_inputs takes to it, so the whole range is checked here.)"""
-        from ..pipelines.contract import RequestValidationError
         from ..pipelines.local.instantcharacter.backend import LIMITS
 
-        for name, value in (("width", width), ("height", height)):
-            if value is not None:
-                try:
-                    getattr(LIMITS, name).check(LIMITS.backend, name, value)
-                except RequestValidationError as exc:
-                    return str(exc)
-        return validate_prompt(prompt)
+        return validate_size_and_prompt(LIMITS, prompt, width, height)
 
     @classmethod
     async def execute(cls, reference, prompt, negative_prompt, width, height, seed, steps, guidance, num_images,

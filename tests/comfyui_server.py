@@ -164,3 +164,11 @@ def error_message(entry: dict) -> str:
         if kind == "execution_error":
             return data["exception_message"]
     raise AssertionError(f"no execution_error in {entry['status']}")
+
+
+def socket_layout(info: dict, node: str) -> list[tuple[str, str]]:
+    """A node's inputs in the order the UI shows them, as (name, type) — "COMBO" for a list of options."""
+    order = info[node]["input_order"]
+    spec = {**info[node]["input"]["required"], **info[node]["input"].get("optional", {})}
+    return [(name, spec[name][0] if isinstance(spec[name][0], str) else "COMBO")
+            for name in order["required"] + order.get("optional", [])]

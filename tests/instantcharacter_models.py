@@ -326,6 +326,16 @@ def build_tiny_files(root: Path) -> TinyFiles:
                      adapter_safetensors=adapters / "instantcharacter-tiny.safetensors", **files)
 
 
+def copy_into(places: dict[Path, Path]) -> None:
+    """Copy each file or folder to its place, creating the folders on the way."""
+    for source, target in places.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        else:
+            shutil.copy(source, target)
+
+
 def install_into_models(files: TinyFiles, models: Path) -> dict[str, str]:
     """Put the tiny files where a ComfyUI user keeps theirs (the encoders nested, as Hugging Face
     names them); returns the names the loader node lists."""
@@ -341,12 +351,7 @@ def install_into_models(files: TinyFiles, models: Path) -> dict[str, str]:
         files.adapter_bin: models / "instantcharacter" / "instantcharacter-tiny.bin",
         files.root / "loras" / "style-tiny.safetensors": models / "loras" / "style-tiny.safetensors",
     }
-    for source, target in places.items():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, dirs_exist_ok=True)
-        else:
-            shutil.copy(source, target)
+    copy_into(places)
     return {"flux_folder": "FLUX.1-dev-tiny (diffusers folder)", "flux_file": "flux1-dev-tiny.safetensors",
             "flux_gguf": "flux1-dev-tiny-Q8_0.gguf",
             "vae": "ae-tiny.safetensors", "clip_l": "clip_l-tiny.safetensors", "t5xxl": "t5xxl-tiny.safetensors",

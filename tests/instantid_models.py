@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from instantcharacter_models import REPO_ROOT, _comfy_modules, fill
-from instantcharacter_models import comfy_tokenizer_dirs
+from instantcharacter_models import comfy_tokenizer_dirs, copy_into
 
 CONFIGS = REPO_ROOT / "pipelines" / "local" / "instantid" / "configs"
 # three levels like SDXL (the reference's face-region masks assume nine residuals at /8, /16, /32)
@@ -208,12 +208,7 @@ def install_into_models(files: TinyInstantID, antelopev2: Path, models: Path) ->
         files.lcm_lora: models / "loras" / "lcm-lora-sdxl-tiny.safetensors",
         antelopev2: models / "insightface" / "models" / "antelopev2" / "antelopev2",
     }
-    for source, target in places.items():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, dirs_exist_ok=True)
-        else:
-            shutil.copy(source, target)
+    copy_into(places)
     return {"checkpoint": "sdxl-tiny.safetensors", "sdxl_folder": "sdxl-tiny (diffusers folder)",
             "identitynet_folder": "InstantID/ControlNetModel (diffusers folder)",
             "identitynet_file": "instantid-tiny.safetensors", "adapter": "ip-adapter-tiny.bin",

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import face_models
-from comfyui_server import error_message
+from comfyui_server import error_message, socket_layout
 
 pytestmark = pytest.mark.comfyui
 
@@ -85,10 +85,7 @@ def test_the_local_node_has_the_segmind_nodes_sockets_and_option_names(comfyui):
     assert info[LOCAL]["category"] == info[LOADER]["category"] == "Character Identity/Local"
 
     def sockets(node):
-        order = info[node]["input_order"]
-        spec = {**info[node]["input"]["required"], **info[node]["input"].get("optional", {})}
-        return [(name, spec[name][0] if isinstance(spec[name][0], str) else "COMBO")
-                for name in order["required"] + order.get("optional", [])]
+        return socket_layout(info, node)
 
     local, segmind = sockets(LOCAL), sockets(SEGMIND)
     assert local[:10] == segmind[:10]

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from cloud_helpers import REFERENCE_RGB
-from comfyui_server import error_message
+from comfyui_server import error_message, socket_layout
 
 pytestmark = pytest.mark.comfyui
 
@@ -72,10 +72,7 @@ def test_the_local_generator_shares_the_cloud_nodes_first_ten_sockets(comfyui):
     assert info[LOCAL]["category"] == info[LOADER]["category"] == "Character Identity/Local"
 
     def sockets(node):
-        order = info[node]["input_order"]
-        spec = {**info[node]["input"]["required"], **info[node]["input"].get("optional", {})}
-        return [(name, spec[name][0] if isinstance(spec[name][0], str) else "COMBO")
-                for name in order["required"] + order.get("optional", [])]
+        return socket_layout(info, node)
 
     local = sockets(LOCAL)
     for cloud in ("CharIDFalInstantCharacter", "CharIDWaveSpeedInstantCharacter"):

@@ -283,28 +283,13 @@ def test_twenty_runs_in_a_row_do_not_grow_memory(files):
 
 def test_the_readme_python_example_names_the_real_api():
     """The README's "From Python" snippet: every keyword it passes exists in the code it calls."""
-    import ast
-    import inspect
-    import re
-
     from pipelines.local.instantcharacter.loading import FluxFiles, InstantCharacterFiles, build_pipeline
     from pipelines.local.instantcharacter.pipeline import InstantCharacterPipeline
+    from readme_snippets import check_snippet
 
-    readme = (tiny.REPO_ROOT / "README.md").read_text()
-    [snippet] = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S)
-                 if "instantcharacter.loading" in block]
-    callables = {"FluxFiles": FluxFiles, "InstantCharacterFiles": InstantCharacterFiles,
-                 "build_pipeline": build_pipeline, "generate": InstantCharacterPipeline.generate}
-    seen = set()
-    for node in ast.walk(ast.parse(snippet)):
-        if isinstance(node, ast.Call):
-            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
-            if name in callables:
-                parameters = inspect.signature(callables[name]).parameters
-                for keyword in node.keywords:
-                    assert keyword.arg in parameters, f"{name}({keyword.arg}=…) is not in the code"
-                seen.add(name)
-    assert seen == set(callables)
+    check_snippet("instantcharacter.loading", {"FluxFiles": FluxFiles, "InstantCharacterFiles": InstantCharacterFiles,
+                                               "build_pipeline": build_pipeline,
+                                               "generate": InstantCharacterPipeline.generate})
 
 
 def test_fp8_storage_keeps_the_subject_layers_in_full_precision(files, pipe):

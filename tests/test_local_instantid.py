@@ -475,24 +475,10 @@ def test_cancel_lands_within_a_step(pipe):
 
 def test_the_readme_python_example_names_the_real_api():
     """The README's InstantID "From Python" snippet: every keyword it passes exists in the code it calls."""
-    import ast
-    import inspect
-    import re
-
     from pipelines.local.instantid.pipeline import InstantIDPipeline
+    from readme_snippets import check_snippet
 
-    readme = (tiny.REPO_ROOT / "README.md").read_text()
-    [snippet] = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "instantid.loading" in block]
-    callables = {"InstantIDFiles": InstantIDFiles, "build_pipeline": build_pipeline, "apply_style": apply_style,
-                 "FaceConditioning": FaceConditioning, "face_from_images": InstantIDPipeline.face_from_images,
-                 "generate": InstantIDPipeline.generate}
-    seen = set()
-    for node in ast.walk(ast.parse(snippet)):
-        if isinstance(node, ast.Call):
-            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
-            if name in callables:
-                parameters = inspect.signature(callables[name]).parameters
-                for keyword in node.keywords:
-                    assert keyword.arg in parameters, f"{name}({keyword.arg}=…) is not in the code"
-                seen.add(name)
-    assert seen == set(callables)
+    check_snippet("instantid.loading", {"InstantIDFiles": InstantIDFiles, "build_pipeline": build_pipeline,
+                                        "apply_style": apply_style, "FaceConditioning": FaceConditioning,
+                                        "face_from_images": InstantIDPipeline.face_from_images,
+                                        "generate": InstantIDPipeline.generate})

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from ..caching import LRU, image_key
+from ..progress import StepInfo
 from .adapter import ReferenceFeatures, SubjectAdapter, SubjectTokens
 from .features import reference_features
 
@@ -36,13 +37,6 @@ class Counters:
     image_encoders: int = 0
     projector: int = 0
     transformer: int = 0
-
-
-@dataclass
-class StepInfo:
-    step: int                # 1-based
-    total: int
-    denoised: torch.Tensor   # this step's estimate of the final latents, unpacked [B, C, h, w] (previews)
 
 
 @dataclass

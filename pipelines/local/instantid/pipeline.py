@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..caching import LRU
+from ..progress import StepInfo
 from .adapter import FaceAdapter, FaceContext, install_face_adapter
 from .conditioning import FaceConditioning, demo_resize, face_mask, keypoint_image
 from .prompts import PromptEmbeddings, encode_weighted
@@ -45,13 +46,6 @@ class Counters:
     resampler: int = 0
     controlnet: int = 0
     unet: int = 0
-
-
-@dataclass
-class StepInfo:
-    step: int                # 1-based
-    total: int
-    denoised: torch.Tensor   # this step's estimate of the final latents [B, 4, h, w] (previews)
 
 
 @dataclass
