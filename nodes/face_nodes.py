@@ -31,7 +31,8 @@ class FaceModelsLoader(io.ComfyNode):
                 io.Combo.Input("antelopev2", options=files.antelopev2_options(),
                                tooltip="The folder holding the two ONNX files."),
                 io.Combo.Input("provider", options=["auto", "cpu"], default="auto",
-                               tooltip="auto: onnxruntime's CUDA provider when onnxruntime-gpu works, else the CPU."),
+                               tooltip="auto: onnxruntime's CUDA provider when ComfyUI runs on a GPU and "
+                                       "onnxruntime-gpu works, else the CPU."),
             ],
             outputs=[FaceModelsSocket.Output(display_name="face_models")],
         )
@@ -46,8 +47,11 @@ class FaceModelsLoader(io.ComfyNode):
     def execute(cls, antelopev2, provider) -> io.NodeOutput:
         from ..pipelines.local.faces import FaceAnalyzer
 
+        import comfy.model_management as mm
+
         folder = files.find_folder(files.INSIGHTFACE_FOLDER, antelopev2)
-        return io.NodeOutput(FaceAnalyzer(folder, device="cpu" if provider == "cpu" else "cuda"))
+        on_cpu = provider == "cpu" or mm.get_torch_device().type == "cpu"      # ComfyUI's --cpu counts too
+        return io.NodeOutput(FaceAnalyzer(folder, device="cpu" if on_cpu else "cuda"))
 
 
 class FaceAnalysisNode(io.ComfyNode):
