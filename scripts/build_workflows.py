@@ -70,6 +70,61 @@ WORKFLOWS = {
         "image is sent to each provider. Every generator node has the same sockets, so any of them can be replaced "
         "by another (local or cloud) without rewiring. The info outputs show job id, seed, timings and cost.",
     ),
+    "local_instantcharacter": (
+        {
+            "load": ("LoadImage", [40, 200], {"image": REFERENCE}),
+            "prepare": ("CharIDPrepareReference", [380, 200], {"size": 1024}),
+            "loader": ("CharIDInstantCharacterLoader", [380, 560],
+                       {"flux_model": "flux1-dev.safetensors", "vae": "ae.safetensors", "clip_l": "clip_l.safetensors",
+                        "t5xxl": "t5xxl_fp16.safetensors", "siglip": "siglip-so400m-patch14-384",
+                        "dinov2": "dinov2-giant", "adapter": "instantcharacter_ip-adapter.bin",
+                        "memory_mode": "model_offload"}),
+            "generate": ("CharIDInstantCharacterLocal", [820, 200],
+                         {"prompt": "the character reading a map in a snowy mountain village, warm evening light",
+                          "seed": 42}),
+            "save": ("SaveImage", [1260, 200], {"filename_prefix": "character_identity/instantcharacter_local"}),
+            "info": ("PreviewAny", [1260, 620], {}),
+        },
+        [("load", 0, "prepare", "image"), ("load", 1, "prepare", "mask"), ("prepare", 0, "generate", "reference"),
+         ("loader", 0, "generate", "pipeline"), ("generate", 0, "save", "images"), ("generate", 1, "info", "source")],
+        "Local InstantCharacter (FLUX.1-dev + SigLIP + DINOv2 + the InstantCharacter adapter) on your own GPU. "
+        "Needs the files listed in the README's Model files section (FLUX.1-dev and the adapter are non-commercial "
+        "releases); pick yours in the loader if their names differ. model_offload needs ~24 GB of VRAM; choose "
+        "group_offload on smaller GPUs. The generator's sockets are the cloud InstantCharacter nodes': swap freely.",
+    ),
+    "local_instantid": (
+        {
+            "load": ("LoadImage", [40, 200], {"image": REFERENCE}),
+            "faces": ("CharIDFaceModelsLoader", [40, 620], {"antelopev2": "models/antelopev2"}),
+            "analyze": ("CharIDFaceAnalysis", [420, 620], {}),
+            "preview_kps": ("PreviewImage", [780, 900], {}),
+            "preview_face": ("PreviewImage", [1040, 900], {}),
+            "loader": ("CharIDInstantIDLoader", [420, 200],
+                       {"sdxl_model": "sd_xl_base_1.0.safetensors",
+                        "identitynet": "InstantID/ControlNetModel (diffusers folder)", "adapter": "ip-adapter.bin",
+                        "memory_mode": "model_offload"}),
+            "generate": ("CharIDInstantIDLocal", [860, 200],
+                         {"prompt": "portrait of the person as an astronaut, detailed helmet, soft studio light",
+                          "style": "Watercolor", "seed": 42}),
+            "save": ("SaveImage", [1300, 200], {"filename_prefix": "character_identity/instantid_local"}),
+            "info": ("PreviewAny", [1300, 640], {}),
+            "similarity": ("CharIDIdentitySimilarity", [1660, 200], {}),
+            "report": ("PreviewAny", [2020, 200], {}),
+            "annotated": ("PreviewImage", [2020, 480], {}),
+        },
+        [("faces", 0, "analyze", "face_models"), ("load", 0, "analyze", "image"),
+         ("analyze", 0, "preview_kps", "images"), ("analyze", 1, "preview_face", "images"),
+         ("faces", 0, "loader", "face_models"), ("load", 0, "generate", "reference"),
+         ("loader", 0, "generate", "pipeline"), ("generate", 0, "save", "images"), ("generate", 1, "info", "source"),
+         ("faces", 0, "similarity", "face_models"), ("load", 0, "similarity", "reference"),
+         ("generate", 0, "similarity", "images"), ("similarity", 1, "report", "source"),
+         ("similarity", 2, "annotated", "images")],
+        "Local InstantID (SDXL + IdentityNet + the face adapter) with the antelopev2 face models. Analyze Face shows "
+        "what the detector sees (the keypoint image the IdentityNet gets, and the aligned face); Identity "
+        "Similarity scores how well the result kept the face. Width and height 0 take the InstantID demo's size "
+        "for the photo. Needs the files in the README's Model files section (the InstantID weights and antelopev2 "
+        "are non-commercial research releases). The generator's sockets are the Segmind InstantID node's.",
+    ),
 }
 
 BUILD_JS = """([nodes, links, note]) => {

@@ -352,6 +352,14 @@ def install_into_models(files: TinyFiles, models: Path) -> dict[str, str]:
         files.root / "loras" / "style-tiny.safetensors": models / "loras" / "style-tiny.safetensors",
     }
     copy_into(places)
+    # once more under the real files' names, which the shipped workflows name
+    copy_into({files.transformer_file: models / "diffusion_models" / "flux1-dev.safetensors",
+               files.vae_file: models / "vae" / "ae.safetensors",
+               files.clip_file: models / "text_encoders" / "clip_l.safetensors",
+               files.t5_file: models / "text_encoders" / "t5xxl_fp16.safetensors",
+               files.siglip_folder: models / "clip_vision" / "siglip-so400m-patch14-384",
+               files.dinov2_folder: models / "clip_vision" / "dinov2-giant",
+               files.adapter_bin: models / "instantcharacter" / "instantcharacter_ip-adapter.bin"})
     return {"flux_folder": "FLUX.1-dev-tiny (diffusers folder)", "flux_file": "flux1-dev-tiny.safetensors",
             "flux_gguf": "flux1-dev-tiny-Q8_0.gguf",
             "vae": "ae-tiny.safetensors", "clip_l": "clip_l-tiny.safetensors", "t5xxl": "t5xxl-tiny.safetensors",

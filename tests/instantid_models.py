@@ -209,6 +209,9 @@ def install_into_models(files: TinyInstantID, antelopev2: Path, models: Path) ->
         antelopev2: models / "insightface" / "models" / "antelopev2" / "antelopev2",
     }
     copy_into(places)
+    # once more under the real files' names, which the shipped workflows name
+    copy_into({files.checkpoint: models / "checkpoints" / "sd_xl_base_1.0.safetensors",
+               files.adapter: models / "instantid" / "ip-adapter.bin"})
     return {"checkpoint": "sdxl-tiny.safetensors", "sdxl_folder": "sdxl-tiny (diffusers folder)",
             "identitynet_folder": "InstantID/ControlNetModel (diffusers folder)",
             "identitynet_file": "instantid-tiny.safetensors", "adapter": "ip-adapter-tiny.bin",

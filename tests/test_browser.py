@@ -182,7 +182,7 @@ def saved_outputs(comfyui, entry) -> list[Image.Image]:
 
 def test_every_shipped_workflow_is_covered():
     assert {path.stem for path in (REPO_ROOT / "workflows").glob("*.json")} == {
-        "prepare_character_reference", "cloud_providers_side_by_side"}
+        "prepare_character_reference", "cloud_providers_side_by_side", "local_instantcharacter", "local_instantid"}
 
 
 REFERENCE_KINDS = ["rgba_png", "rgb_png", "jpeg"]
@@ -224,7 +224,50 @@ def test_the_cloud_workflow_converts_and_runs_all_three_providers(page, comfyui,
     assert page.pack_errors == []
 
 
-@pytest.mark.parametrize("name", ["prepare_character_reference", "cloud_providers_side_by_side"])
+def quick(prompt: dict, class_type: str, **inputs) -> dict:
+    """The same graph with a generator made cheap for the tiny test models (fewer steps, a small size)."""
+    [node] = [node for node in prompt.values() if node["class_type"] == class_type]
+    node["inputs"].update(inputs)
+    return prompt
+
+
+def test_the_local_instantcharacter_workflow_converts_and_runs(page, comfyui):
+    """The model names in the file are the real files' names; the test ComfyUI has tiny models under them."""
+    name = uploaded_reference(comfyui, "rgba_png")
+    prompt = quick(use_reference(load_and_convert(page, "local_instantcharacter"), name),
+                   "CharIDInstantCharacterLocal", steps=2, width=64, height=64)
+    entry = comfyui.run(prompt)
+    [image] = saved_outputs(comfyui, entry)
+    assert image.size == (64, 64)
+    [info] = [json.loads(output["text"][0]) for output in entry["outputs"].values() if "text" in output]
+    assert info["backend"] == "InstantCharacter (local)" and info["seed"] == 42
+    assert page.pack_errors == []
+
+
+def test_the_local_instantid_workflow_converts_and_runs(page, comfyui):
+    import face_models
+
+    buffer = io.BytesIO()
+    face_models.scene((120, 50, 230, 170), size=(320, 240)).save(buffer, "PNG")    # a face the tiny detector finds
+    name = comfyui.upload_image(buffer.getvalue(), "character_reference_face.png")
+    prompt = quick(use_reference(load_and_convert(page, "local_instantid"), name),
+                   "CharIDInstantIDLocal", steps=2, width=96, height=64)
+    entry = comfyui.run(prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    images = {node_id: [Image.open(io.BytesIO(comfyui.output_bytes(image))) for image in output["images"]]
+              for node_id, output in entry["outputs"].items() if "images" in output}
+    sizes = sorted(image.size for batch in images.values() for image in batch)
+    assert sizes == sorted([(96, 64), (96, 64), (320, 240), (112, 112)])    # result, annotated, keypoints, face
+    texts = [output["text"][0] for output in entry["outputs"].values() if "text" in output]
+    [info] = [json.loads(text) for text in texts if text.startswith("{")]
+    assert info["backend"] == "InstantID (local)" and info["style"] == "Watercolor" and info["seed"] == 42
+    [report] = [text for text in texts if text.startswith("image 1:")]
+    assert report
+    assert page.pack_errors == []
+
+
+@pytest.mark.parametrize("name", ["prepare_character_reference", "cloud_providers_side_by_side",
+                                  "local_instantcharacter", "local_instantid"])
 def test_shipped_workflows_use_fixed_seeds(page, name):
     """A shared workflow must give the same images again: no seed is set to randomize."""
     load_and_convert(page, name)
