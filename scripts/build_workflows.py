@@ -21,6 +21,7 @@ sys.path[:0] = [str(REPO_ROOT / "tests")]
 from comfyui_server import ComfyUIServer  # noqa: E402
 
 REFERENCE = "character_reference.png"
+POSE = "pose_reference.png"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 
@@ -69,6 +70,54 @@ WORKFLOWS = {
         "and SEGMIND_API_KEY (or the keys.ini file, see the README): never type a key into a node. The reference "
         "image is sent to each provider. Every generator node has the same sockets, so any of them can be replaced "
         "by another (local or cloud) without rewiring. The info outputs show job id, seed, timings and cost.",
+    ),
+    "cloud_wavespeed_instantcharacter": (
+        {
+            "load": ("LoadImage", [40, 200], {"image": REFERENCE}),
+            "prepare": ("CharIDPrepareReference", [380, 200], {"size": 1024}),
+            "generate": ("CharIDWaveSpeedInstantCharacter", [760, 200],
+                         {"prompt": "the character reading a map in a snowy mountain village, warm evening light",
+                          "seed": 42}),
+            "save": ("SaveImage", [1200, 200], {"filename_prefix": "character_identity/wavespeed"}),
+            "info": ("PreviewAny", [1200, 620], {}),
+        },
+        [("load", 0, "prepare", "image"), ("load", 1, "prepare", "mask"), ("prepare", 0, "generate", "reference"),
+         ("generate", 0, "save", "images"), ("generate", 1, "info", "source")],
+        "InstantCharacter on WaveSpeed AI (API v3; v2 selectable). Key: WAVESPEED_API_KEY in the environment or "
+        "the keys.ini file (README: API keys) — never in a node. The reference image is uploaded to WaveSpeed "
+        "(kept 7 days). The info output shows the job id, seed, timings and cost.",
+    ),
+    "cloud_fal_instantcharacter": (
+        {
+            "load": ("LoadImage", [40, 200], {"image": REFERENCE}),
+            "prepare": ("CharIDPrepareReference", [380, 200], {"size": 1024}),
+            "generate": ("CharIDFalInstantCharacter", [760, 200],
+                         {"prompt": "the character reading a map in a snowy mountain village, warm evening light",
+                          "seed": 42}),
+            "save": ("SaveImage", [1200, 200], {"filename_prefix": "character_identity/fal"}),
+            "info": ("PreviewAny", [1200, 620], {}),
+        },
+        [("load", 0, "prepare", "image"), ("load", 1, "prepare", "mask"), ("prepare", 0, "generate", "reference"),
+         ("generate", 0, "save", "images"), ("generate", 1, "info", "source")],
+        "InstantCharacter on fal.ai (fal-ai/instant-character, through fal's queue; Cancel cancels the job at fal). "
+        "Key: FAL_KEY in the environment or the keys.ini file — never in a node. fal charges per megapixel of "
+        "output; the info output shows what the job cost.",
+    ),
+    "cloud_segmind_instantid": (
+        {
+            "load": ("LoadImage", [40, 200], {"image": REFERENCE}),
+            "pose": ("LoadImage", [40, 620], {"image": POSE}),
+            "generate": ("CharIDSegmindInstantID", [420, 200],
+                         {"prompt": "portrait of the person as an astronaut, detailed helmet, soft studio light",
+                          "style": "Watercolor", "seed": 42}),
+            "save": ("SaveImage", [860, 200], {"filename_prefix": "character_identity/segmind"}),
+            "info": ("PreviewAny", [860, 620], {}),
+        },
+        [("load", 0, "generate", "reference"), ("pose", 0, "generate", "pose_image"),
+         ("generate", 0, "save", "images"), ("generate", 1, "info", "source")],
+        "InstantID on Segmind with a pose photo (the face position to follow) and a style. Key: SEGMIND_API_KEY in "
+        "the environment or the keys.ini file — never in a node. The face and pose photos are sent to Segmind "
+        "inside the request. Load the person's photo as character_reference.png and the pose as pose_reference.png.",
     ),
     "local_instantcharacter": (
         {
@@ -130,6 +179,8 @@ WORKFLOWS = {
 BUILD_JS = """([nodes, links, note]) => {
   const LG = window.LiteGraph, graph = window.app.graph;
   graph.clear();
+  window.app.canvas.ds.scale = 1;           // the saved view: as a fresh canvas has it
+  window.app.canvas.ds.offset = [0, 0];
   const made = {};
   for (const [key, [type, pos, widgets]] of Object.entries(nodes)) {
     const node = LG.createNode(type);
@@ -165,6 +216,41 @@ BUILD_JS = """([nodes, links, note]) => {
 }"""
 
 
+CONVERT_JS = """async (workflow) => {
+  await window.app.loadGraphData(workflow);
+  return (await window.app.graphToPrompt()).output;
+}"""
+
+FIT_JS = """() => {
+  const nodes = window.app.graph._nodes;
+  const left = Math.min(...nodes.map(n => n.pos[0])), top = Math.min(...nodes.map(n => n.pos[1] - 30));
+  const right = Math.max(...nodes.map(n => n.pos[0] + n.size[0]));
+  const bottom = Math.max(...nodes.map(n => n.pos[1] + n.size[1]));
+  const canvas = window.app.canvas, ds = canvas.ds, el = canvas.canvas;
+  canvas.show_info = false;                 // no frame-rate corner in the picture
+  const scale = 0.95 * Math.min(el.clientWidth / (right - left), el.clientHeight / (bottom - top));
+  ds.scale = scale;
+  ds.offset = [-left + (el.clientWidth / scale - (right - left)) / 2, -top + (el.clientHeight / scale - (bottom - top)) / 2];
+  canvas.setDirty(true, true);
+}"""
+
+
+def thumbnail(page, path: Path) -> None:
+    """The template browser's picture of a workflow: the whole graph, fitted, as a small JPEG."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    page.evaluate(FIT_JS)
+    page.wait_for_timeout(400)
+    # the canvas's own pixels: none of the page's panels and menus drawn over it
+    data = page.evaluate("() => window.app.canvas.canvas.toDataURL('image/png')")
+    shot = Image.open(io.BytesIO(base64.b64decode(data.split(",", 1)[1]))).convert("RGB")
+    shot.thumbnail((640, 400))
+    shot.save(path, "JPEG", quality=82, optimize=True)
+
+
 def main() -> int:
     from playwright.sync_api import sync_playwright
 
@@ -178,11 +264,16 @@ def main() -> int:
             page.goto(server.url + "/")
             page.wait_for_function("() => window.app?.graph && window.app.extensions?.some("
                                    "e => e.name === 'CharacterIdentity.ui')", timeout=90_000)
+            (REPO_ROOT / "workflows" / "api").mkdir(exist_ok=True)
             for name, (nodes, links, note) in WORKFLOWS.items():
                 workflow = json.loads(page.evaluate(BUILD_JS, [nodes, links, note]))
                 path = REPO_ROOT / "workflows" / f"{name}.json"
                 path.write_text(json.dumps(workflow, indent=2) + "\n")
-                print("wrote", path.relative_to(REPO_ROOT))
+                # the API-format twin, converted by the frontend itself from the file just written
+                prompt = page.evaluate(CONVERT_JS, workflow)
+                (REPO_ROOT / "workflows" / "api" / f"{name}.json").write_text(json.dumps(prompt, indent=2) + "\n")
+                thumbnail(page, REPO_ROOT / "workflows" / f"{name}.jpg")
+                print("wrote", path.relative_to(REPO_ROOT), "with its API twin and thumbnail")
             browser.close()
     finally:
         server.stop()

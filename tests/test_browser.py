@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -180,9 +181,47 @@ def saved_outputs(comfyui, entry) -> list[Image.Image]:
             for output in entry["outputs"].values() for image in output.get("images", [])]
 
 
+WORKFLOWS = ["prepare_character_reference", "cloud_providers_side_by_side", "cloud_wavespeed_instantcharacter",
+             "cloud_fal_instantcharacter", "cloud_segmind_instantid", "local_instantcharacter", "local_instantid"]
+# the files the README tells users to put into ComfyUI's input folder
+README_INPUTS = {"character_reference.png", "pose_reference.png"}
+
+
 def test_every_shipped_workflow_is_covered():
-    assert {path.stem for path in (REPO_ROOT / "workflows").glob("*.json")} == {
-        "prepare_character_reference", "cloud_providers_side_by_side", "local_instantcharacter", "local_instantid"}
+    assert sorted(path.stem for path in (REPO_ROOT / "workflows").glob("*.json")) == sorted(WORKFLOWS)
+    assert sorted(path.stem for path in (REPO_ROOT / "workflows" / "api").glob("*.json")) == sorted(WORKFLOWS)
+    assert sorted(path.stem for path in (REPO_ROOT / "workflows").glob("*.jpg")) == sorted(WORKFLOWS)
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert all(f"`{name}.json`" in readme for name in WORKFLOWS) and all(name in readme for name in README_INPUTS)
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_the_api_twin_is_what_the_frontend_makes_of_the_ui_file(page, name):
+    converted = load_and_convert(page, name)
+    assert converted == json.loads((REPO_ROOT / "workflows" / "api" / f"{name}.json").read_text())
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_a_workflow_holds_no_key_no_path_and_no_file_of_a_user(name):
+    from cloud_helpers import TEST_KEYS
+
+    for path in (REPO_ROOT / "workflows" / f"{name}.json", REPO_ROOT / "workflows" / "api" / f"{name}.json"):
+        text = path.read_text()
+        assert not any(key in text for key in TEST_KEYS.values())
+        assert not re.search(r'"(/|[A-Za-z]:\\\\|~)', text), "an absolute path"
+    prompt = json.loads((REPO_ROOT / "workflows" / "api" / f"{name}.json").read_text())
+    assert not [field for node in prompt.values() for field in node["inputs"]
+                if re.search(r"(?i)key|secret|token|password", field)], "a field for a secret"
+    images = {node["inputs"]["image"] for node in prompt.values() if node["class_type"] == "LoadImage"}
+    assert images <= README_INPUTS
+
+
+def test_the_workflows_are_in_the_template_browser_with_their_pictures(comfyui):
+    templates = comfyui.get_json("/workflow_templates")
+    assert sorted(templates[PACK_NAME]) == sorted(WORKFLOWS)
+    for name in WORKFLOWS:
+        with comfyui.request(f"/api/workflow_templates/{PACK_NAME}/{name}.jpg") as response:
+            assert response.status == 200 and Image.open(io.BytesIO(response.read())).format == "JPEG"
 
 
 REFERENCE_KINDS = ["rgba_png", "rgb_png", "jpeg"]
@@ -266,8 +305,26 @@ def test_the_local_instantid_workflow_converts_and_runs(page, comfyui):
     assert page.pack_errors == []
 
 
-@pytest.mark.parametrize("name", ["prepare_character_reference", "cloud_providers_side_by_side",
-                                  "local_instantcharacter", "local_instantid"])
+@pytest.mark.parametrize(("name", "node", "backend"), [
+    ("cloud_wavespeed_instantcharacter", "wavespeed", "WaveSpeed InstantCharacter (v3)"),
+    ("cloud_fal_instantcharacter", "fal", "fal InstantCharacter"),
+    ("cloud_segmind_instantid", "segmind", "Segmind InstantID (v1)")])
+def test_each_single_provider_workflow_converts_and_runs(page, comfyui, emulator_servers, name, node, backend):
+    emulator = emulator_servers[node]
+    emulator.reset()
+    reference = uploaded_reference(comfyui, "rgb_png")
+    prompt = use_reference(load_and_convert(page, name), reference)
+    entry = comfyui.run(prompt)
+    [image] = saved_outputs(comfyui, entry)
+    [info] = [json.loads(output["text"][0]) for output in entry["outputs"].values() if "text" in output]
+    assert info["backend"] == backend and info["seed"] == 42 and emulator.counts["submit"] == 1
+    if node == "segmind":                     # the style and the pose photo are wired in
+        [generator] = [n for n in prompt.values() if n["class_type"] == "CharIDSegmindInstantID"]
+        assert generator["inputs"]["style"] == "Watercolor" and isinstance(generator["inputs"]["pose_image"], list)
+    assert page.pack_errors == []
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
 def test_shipped_workflows_use_fixed_seeds(page, name):
     """A shared workflow must give the same images again: no seed is set to randomize."""
     load_and_convert(page, name)
