@@ -4,14 +4,16 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .cloud import CLOUD_NODES
+from .compare import COMPARE_NODES
 from .face_nodes import FACE_NODES
 from .instantid import INSTANTID_NODES
 from .local import LOCAL_NODES
 from .model_files import register_folders
 from .reference import PrepareCharacterReference
+from .route import ROUTE_NODES
 
 
 class CharacterIdentityExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         register_folders()          # before the schemas list the model folders
-        return [PrepareCharacterReference, *CLOUD_NODES, *LOCAL_NODES, *INSTANTID_NODES, *FACE_NODES]
+        return [PrepareCharacterReference, *CLOUD_NODES, *LOCAL_NODES, *INSTANTID_NODES, *FACE_NODES, *ROUTE_NODES, *COMPARE_NODES]

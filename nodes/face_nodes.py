@@ -44,12 +44,19 @@ class FaceModelsLoader(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, antelopev2, provider) -> io.NodeOutput:
-        from ..pipelines.local.faces import FaceAnalyzer
+    def plan(cls, antelopev2, **_):
+        """The antelopev2 folder these widget values name, checked to hold the two files."""
+        from ..pipelines.local.faces import find_antelopev2
 
+        return find_antelopev2(files.find_folder(files.INSIGHTFACE_FOLDER, antelopev2))
+
+    @classmethod
+    def execute(cls, antelopev2, provider) -> io.NodeOutput:
         import comfy.model_management as mm
 
-        folder = files.find_folder(files.INSIGHTFACE_FOLDER, antelopev2)
+        from ..pipelines.local.faces import FaceAnalyzer
+
+        folder = cls.plan(antelopev2)
         on_cpu = provider == "cpu" or mm.get_torch_device().type == "cpu"      # ComfyUI's --cpu counts too
         return io.NodeOutput(FaceAnalyzer(folder, device="cpu" if on_cpu else "cuda"))
 

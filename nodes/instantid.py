@@ -84,10 +84,10 @@ class InstantIDLoader(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, sdxl_model, identitynet, adapter, face_models, lcm_lora, memory_mode, dtype) -> io.NodeOutput:
-        import comfy.model_management as mm
-
-        from ..pipelines.local.instantid.loading import InstantIDFiles, build_pipeline
+    def plan(cls, sdxl_model, identitynet, adapter, lcm_lora=NO_LCM, **_):
+        """The files these widget values name, checked to exist (FileNotFoundError / ModelFileError
+        otherwise); also asked by the route node before it picks the local branch."""
+        from ..pipelines.local.instantid.loading import InstantIDFiles
 
         is_folder, name = _folder_choice(sdxl_model)
         sdxl = files.find_folder("diffusers", name) if is_folder else files.find_file(("checkpoints",), name)
@@ -98,7 +98,15 @@ class InstantIDLoader(io.ComfyNode):
             clip_tokenizer=files.tokenizer_folders()[0],
             lcm_lora=None if lcm_lora == NO_LCM else files.find_file(("loras",), lcm_lora))
         plan.check()                                  # every file there before any weight loads
+        return plan
 
+    @classmethod
+    def execute(cls, sdxl_model, identitynet, adapter, face_models, lcm_lora, memory_mode, dtype) -> io.NodeOutput:
+        import comfy.model_management as mm
+
+        from ..pipelines.local.instantid.loading import build_pipeline
+
+        plan = cls.plan(sdxl_model, identitynet, adapter, lcm_lora)
         device = mm.get_torch_device()
         torch_dtype = resolve_dtype(dtype, device, half="fp16")
         if device.type != "cpu":

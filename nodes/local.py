@@ -94,12 +94,10 @@ class InstantCharacterLoader(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, flux_model, vae, clip_l, t5xxl, siglip, dinov2, adapter, weight_format, memory_mode,
-                dtype) -> io.NodeOutput:
-        import comfy.model_management as mm
-        import torch
-
-        from ..pipelines.local.instantcharacter.loading import FluxFiles, InstantCharacterFiles, build_pipeline
+    def plan(cls, flux_model, vae, clip_l, t5xxl, siglip, dinov2, adapter, **_):
+        """The files these widget values name, checked to exist (FileNotFoundError / ModelFileError
+        otherwise); also asked by the route node before it picks the local branch."""
+        from ..pipelines.local.instantcharacter.loading import FluxFiles, InstantCharacterFiles
 
         def chosen(kinds, value):
             return None if value == files.FROM_FOLDER else files.find_file(kinds, value)
@@ -118,7 +116,16 @@ class InstantCharacterLoader(io.ComfyNode):
                                      adapter=files.find_file((files.INSTANTCHARACTER_FOLDER,), adapter),
                                      clip_tokenizer=clip_tokenizer, t5_tokenizer=t5_tokenizer)
         plan.check()                                  # every file there before any weight loads
+        return plan
 
+    @classmethod
+    def execute(cls, flux_model, vae, clip_l, t5xxl, siglip, dinov2, adapter, weight_format, memory_mode,
+                dtype) -> io.NodeOutput:
+        import comfy.model_management as mm
+
+        from ..pipelines.local.instantcharacter.loading import build_pipeline
+
+        plan = cls.plan(flux_model, vae, clip_l, t5xxl, siglip, dinov2, adapter)
         device = mm.get_torch_device()                # honours --cpu and ComfyUI's device choice
         torch_dtype = resolve_dtype(dtype, device)
         if device.type != "cpu":

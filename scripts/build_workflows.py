@@ -25,6 +25,14 @@ POSE = "pose_reference.png"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 
+SCENE = "the person reading a map in a snowy mountain village, warm evening light"
+# the local loaders' files, by the names the real files have
+IC_FILES = {"flux_model": "flux1-dev.safetensors", "vae": "ae.safetensors", "clip_l": "clip_l.safetensors",
+            "t5xxl": "t5xxl_fp16.safetensors", "siglip": "siglip-so400m-patch14-384", "dinov2": "dinov2-giant",
+            "adapter": "instantcharacter_ip-adapter.bin", "memory_mode": "model_offload"}
+ID_FILES = {"sdxl_model": "sd_xl_base_1.0.safetensors", "identitynet": "InstantID/ControlNetModel (diffusers folder)",
+            "adapter": "ip-adapter.bin", "memory_mode": "model_offload"}
+
 # name -> (nodes: id -> (type, [x, y], {widget: value}), links: [(from, output, to, input)], notes)
 WORKFLOWS = {
     "prepare_character_reference": (
@@ -174,6 +182,90 @@ WORKFLOWS = {
         "for the photo. Needs the files in the README's Model files section (the InstantID weights and antelopev2 "
         "are non-commercial research releases). The generator's sockets are the Segmind InstantID node's.",
     ),
+    "compare_backends": (
+        {
+            "load": ("LoadImage", [40, 300], {"image": REFERENCE}),
+            "prepare": ("CharIDPrepareReference", [380, 300], {"size": 1024}),
+            "faces": ("CharIDFaceModelsLoader", [380, 700], {"antelopev2": "models/antelopev2"}),
+            "ic_loader": ("CharIDInstantCharacterLoader", [760, -520], IC_FILES),
+            "ic_local": ("CharIDInstantCharacterLocal", [1200, -520], {"prompt": SCENE, "seed": 42}),
+            "id_loader": ("CharIDInstantIDLoader", [760, 60], ID_FILES),
+            "id_local": ("CharIDInstantIDLocal", [1200, 60], {"prompt": SCENE, "seed": 42}),
+            "wavespeed": ("CharIDWaveSpeedInstantCharacter", [1200, 640], {"prompt": SCENE, "seed": 42}),
+            "fal": ("CharIDFalInstantCharacter", [1200, 1140], {"prompt": SCENE, "seed": 42}),
+            "segmind": ("CharIDSegmindInstantID", [1200, 1680], {"prompt": SCENE, "seed": 42}),
+            "compare": ("CharIDCompareResults", [1640, 300], {}),
+            "save": ("SaveImage", [2040, 300], {"filename_prefix": "character_identity/compare"}),
+            "report": ("PreviewAny", [2040, 760], {}),
+        },
+        [("load", 0, "prepare", "image"), ("load", 1, "prepare", "mask"), ("faces", 0, "id_loader", "face_models"),
+         ("prepare", 0, "ic_local", "reference"), ("ic_loader", 0, "ic_local", "pipeline"),
+         ("prepare", 0, "id_local", "reference"), ("id_loader", 0, "id_local", "pipeline"),
+         ("prepare", 0, "wavespeed", "reference"), ("prepare", 0, "fal", "reference"),
+         ("prepare", 0, "segmind", "reference"),
+         ("faces", 0, "compare", "face_models"), ("prepare", 0, "compare", "reference"),
+         ("ic_local", 0, "compare", "images_1"), ("ic_local", 1, "compare", "info_1"),
+         ("id_local", 0, "compare", "images_2"), ("id_local", 1, "compare", "info_2"),
+         ("wavespeed", 0, "compare", "images_3"), ("wavespeed", 1, "compare", "info_3"),
+         ("fal", 0, "compare", "images_4"), ("fal", 1, "compare", "info_4"),
+         ("segmind", 0, "compare", "images_5"), ("segmind", 1, "compare", "info_5"),
+         ("compare", 0, "save", "images"), ("compare", 1, "report", "source")],
+        "Compare backends: one reference and one prompt into every backend — local InstantCharacter and InstantID, "
+        "WaveSpeed, fal and Segmind — and one captioned grid of the results with each one's identity similarity to "
+        "the reference (the report names the best). The cloud nodes need their keys (README: API keys); the local "
+        "ones the files in the README's Model files section. Delete the nodes of a backend you do not have: the "
+        "grid shows what is connected.",
+    ),
+    "hybrid_local_and_cloud": (
+        {
+            "load": ("LoadImage", [40, 300], {"image": REFERENCE}),
+            "prepare": ("CharIDPrepareReference", [380, 300], {"size": 1024}),
+            "faces": ("CharIDFaceModelsLoader", [380, 700], {"antelopev2": "models/antelopev2"}),
+            "id_loader": ("CharIDInstantIDLoader", [760, 0], ID_FILES),
+            "id_local": ("CharIDInstantIDLocal", [1200, 0],
+                         {"prompt": "close-up portrait of the person, soft window light, 85mm photo", "seed": 42}),
+            "fal": ("CharIDFalInstantCharacter", [1200, 620],
+                    {"prompt": "full-body shot of the person walking through a snowy mountain village at dusk",
+                     "seed": 42}),
+            "stitch": ("ImageStitch", [1640, 300], {"direction": "right", "match_image_size": True}),
+            "save": ("SaveImage", [2000, 300], {"filename_prefix": "character_identity/hybrid"}),
+            "info_local": ("PreviewAny", [1640, 40], {}),
+            "info_cloud": ("PreviewAny", [1640, 660], {}),
+        },
+        [("load", 0, "prepare", "image"), ("load", 1, "prepare", "mask"), ("faces", 0, "id_loader", "face_models"),
+         ("load", 0, "id_local", "reference"), ("id_loader", 0, "id_local", "pipeline"),
+         ("prepare", 0, "fal", "reference"), ("id_local", 0, "stitch", "image1"), ("fal", 0, "stitch", "image2"),
+         ("stitch", 0, "save", "images"), ("id_local", 1, "info_local", "source"), ("fal", 1, "info_cloud", "source")],
+        "Hybrid: a local InstantID portrait on your GPU and a cloud InstantCharacter full-body scene of the same "
+        "person (fal), run at the same time — the cloud job polls while the GPU works — and joined into one image. "
+        "Needs FAL_KEY (README: API keys) and the InstantID files (README: Model files).",
+    ),
+    "route_local_or_cloud": (
+        {
+            "load": ("LoadImage", [40, 300], {"image": REFERENCE}),
+            "faces": ("CharIDFaceModelsLoader", [40, 700], {"antelopev2": "models/antelopev2"}),
+            "id_loader": ("CharIDInstantIDLoader", [420, 0], ID_FILES),
+            "id_local": ("CharIDInstantIDLocal", [860, 0],
+                         {"prompt": "portrait of the person as an astronaut, detailed helmet", "style": "Watercolor",
+                          "seed": 42}),
+            "segmind": ("CharIDSegmindInstantID", [860, 620],
+                        {"prompt": "portrait of the person as an astronaut, detailed helmet", "style": "Watercolor",
+                         "seed": 42}),
+            "route": ("CharIDRouteLocalOrCloud", [1300, 300], {"prefer": "auto", "min_free_vram_gb": 12.0}),
+            "save": ("SaveImage", [1660, 300], {"filename_prefix": "character_identity/route"}),
+            "info": ("PreviewAny", [1660, 700], {}),
+            "why": ("PreviewAny", [1300, 700], {}),
+        },
+        [("faces", 0, "id_loader", "face_models"), ("load", 0, "id_local", "reference"),
+         ("id_loader", 0, "id_local", "pipeline"), ("load", 0, "segmind", "reference"),
+         ("id_local", 0, "route", "local_images"), ("id_local", 1, "route", "local_info"),
+         ("segmind", 0, "route", "cloud_images"), ("segmind", 1, "route", "cloud_info"),
+         ("route", 0, "save", "images"), ("route", 1, "info", "source"), ("route", 2, "why", "source")],
+        "Route: InstantID on your GPU when its model files are there and at least min_free_vram_gb of VRAM is free, "
+        "Segmind InstantID otherwise — decided when the prompt runs, and only the chosen branch runs (the other "
+        "costs neither credits nor VRAM). prefer = local or cloud forces a branch. The 'why' preview says which "
+        "branch ran and why. The cloud branch needs SEGMIND_API_KEY.",
+    ),
 }
 
 BUILD_JS = """([nodes, links, note]) => {
@@ -228,6 +320,9 @@ FIT_JS = """() => {
   const bottom = Math.max(...nodes.map(n => n.pos[1] + n.size[1]));
   const canvas = window.app.canvas, ds = canvas.ds, el = canvas.canvas;
   canvas.show_info = false;                 // no frame-rate corner in the picture
+  canvas._min_font_size_for_lod = 0;        // full detail at any zoom (not the low-quality boxes)
+  canvas._lowQualityZoomThreshold = 0;
+  canvas._isLowQuality = false;
   const scale = 0.95 * Math.min(el.clientWidth / (right - left), el.clientHeight / (bottom - top));
   ds.scale = scale;
   ds.offset = [-left + (el.clientWidth / scale - (right - left)) / 2, -top + (el.clientHeight / scale - (bottom - top)) / 2];

@@ -182,7 +182,8 @@ def saved_outputs(comfyui, entry) -> list[Image.Image]:
 
 
 WORKFLOWS = ["prepare_character_reference", "cloud_providers_side_by_side", "cloud_wavespeed_instantcharacter",
-             "cloud_fal_instantcharacter", "cloud_segmind_instantid", "local_instantcharacter", "local_instantid"]
+             "cloud_fal_instantcharacter", "cloud_segmind_instantid", "local_instantcharacter", "local_instantid",
+             "compare_backends", "hybrid_local_and_cloud", "route_local_or_cloud"]
 # the files the README tells users to put into ComfyUI's input folder
 README_INPUTS = {"character_reference.png", "pose_reference.png"}
 
@@ -302,6 +303,64 @@ def test_the_local_instantid_workflow_converts_and_runs(page, comfyui):
     assert info["backend"] == "InstantID (local)" and info["style"] == "Watercolor" and info["seed"] == 42
     [report] = [text for text in texts if text.startswith("image 1:")]
     assert report
+    assert page.pack_errors == []
+
+
+def face_reference(comfyui) -> str:
+    """A photo with a face the tiny detector finds, under the name the workflows load."""
+    import face_models
+
+    buffer = io.BytesIO()
+    face_models.scene((120, 50, 230, 170), size=(320, 240)).save(buffer, "PNG")
+    return comfyui.upload_image(buffer.getvalue(), "character_reference_face.png")
+
+
+def outputs_by_type(prompt: dict, entry: dict, class_type: str) -> list[dict]:
+    return [entry["outputs"][node_id] for node_id, node in prompt.items()
+            if node["class_type"] == class_type and node_id in entry["outputs"]]
+
+
+def test_the_compare_workflow_runs_every_backend_into_one_captioned_grid(page, comfyui, emulator_servers):
+    for emulator in emulator_servers.values():
+        emulator.reset()
+    prompt = use_reference(load_and_convert(page, "compare_backends"), face_reference(comfyui))
+    quick(prompt, "CharIDInstantCharacterLocal", steps=2, width=64, height=64)
+    quick(prompt, "CharIDInstantIDLocal", steps=2, width=96, height=64)
+    entry = comfyui.run(prompt)
+    [grid] = saved_outputs(comfyui, entry)
+    [report] = [output["text"][0] for output in outputs_by_type(prompt, entry, "PreviewAny")]
+    lines = report.splitlines()
+    assert [line.split(" — ")[0] for line in lines[:5]] == [
+        "1. InstantCharacter (local)", "2. InstantID (local)", "3. WaveSpeed InstantCharacter (v3)",
+        "4. fal InstantCharacter", "5. Segmind InstantID (v1)"]
+    assert all("identity" in line for line in lines[:5])
+    assert grid.size == (3 * 512, grid.size[1]) and grid.size[1] > 2 * 512
+    assert sum(emulator.counts["submit"] for emulator in emulator_servers.values()) == 3
+    assert page.pack_errors == []
+
+
+def test_the_hybrid_workflow_joins_a_local_and_a_cloud_result(page, comfyui, emulator_servers):
+    emulator_servers["fal"].reset()
+    prompt = use_reference(load_and_convert(page, "hybrid_local_and_cloud"), face_reference(comfyui))
+    quick(prompt, "CharIDInstantIDLocal", steps=2, width=96, height=64)
+    entry = comfyui.run(prompt)
+    [joined] = saved_outputs(comfyui, entry)
+    assert joined.size == (96 + 64, 64)         # the 1024² fal image scaled to the portrait's height, beside it
+    backends = sorted(json.loads(output["text"][0])["backend"]
+                      for output in outputs_by_type(prompt, entry, "PreviewAny"))
+    assert backends == ["InstantID (local)", "fal InstantCharacter"]
+    assert page.pack_errors == []
+
+
+def test_the_route_workflow_runs_one_branch_and_says_why(page, comfyui, emulator_servers):
+    emulator_servers["segmind"].reset()
+    prompt = use_reference(load_and_convert(page, "route_local_or_cloud"), face_reference(comfyui))
+    entry = comfyui.run(prompt)
+    texts = [output["text"][0] for output in outputs_by_type(prompt, entry, "PreviewAny")]
+    assert "cloud: ComfyUI runs on the CPU (no GPU for the local branch)" in texts   # the test ComfyUI has no GPU
+    assert emulator_servers["segmind"].counts["submit"] == 1
+    [image] = saved_outputs(comfyui, entry)
+    assert image.size == (1024, 1024)
     assert page.pack_errors == []
 
 

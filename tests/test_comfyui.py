@@ -25,6 +25,8 @@ PACK_NODES = {
     "CharIDFaceModelsLoader": "Character Identity/Faces",
     "CharIDFaceAnalysis": "Character Identity/Faces",
     "CharIDIdentitySimilarity": "Character Identity/Faces",
+    "CharIDRouteLocalOrCloud": "Character Identity",
+    "CharIDCompareResults": "Character Identity",
 }
 GREEN, RED = (0, 255, 0), (255, 0, 0)
 
