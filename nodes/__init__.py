@@ -11,9 +11,11 @@ from .local import LOCAL_NODES
 from .model_files import register_folders
 from .reference import PrepareCharacterReference
 from .route import ROUTE_NODES
+from .web_routes import register_routes
 
 
 class CharacterIdentityExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         register_folders()          # before the schemas list the model folders
+        register_routes()
         return [PrepareCharacterReference, *CLOUD_NODES, *LOCAL_NODES, *INSTANTID_NODES, *FACE_NODES, *ROUTE_NODES, *COMPARE_NODES]

@@ -392,3 +392,93 @@ def test_shipped_workflows_use_fixed_seeds(page, name):
     assert all(value == "fixed" for value in controls)
     if name == "cloud_providers_side_by_side":
         assert len(controls) == 3
+
+
+# ---- the browser side: prices, key status, both renderers, no server side ----------------------------
+
+BADGES_JS = """(specs) => {
+  const out = [];
+  for (const [type, widgets] of specs) {
+    const node = LiteGraph.createNode(type);
+    node.pos = [100 + 40 * out.length, 100];
+    app.graph.add(node);
+    for (const [name, value] of Object.entries(widgets)) node.widgets.find((w) => w.name === name).value = value;
+    out.push(node.badges.map((b) => (typeof b === "function" ? b() : b)?.text).filter((t) => t && !t.includes("comfyui")));
+  }
+  app.canvas.setDirty(true, true);
+  return out;
+}"""
+
+
+def test_cloud_nodes_show_their_price_for_the_current_widgets(page):
+    page.evaluate("() => app.graph.clear()")
+    badges = page.evaluate(BADGES_JS, [
+        ["CharIDFalInstantCharacter", {"width": 1024, "height": 1024, "num_images": 2}],
+        ["CharIDFalInstantCharacter", {"image_size": "square", "num_images": 1}],
+        ["CharIDSegmindInstantID", {"num_images": 3}],
+        ["CharIDWaveSpeedInstantCharacter", {}],
+        ["CharIDPrepareReference", {"background": "#123456"}],
+        ["CharIDPrepareReference", {"background": "greenish"}],
+        ["CharIDInstantIDLocal", {}]])
+    assert badges == [["≈ $0.21 per run"], ["≈ $0.026 per run"], ["≈ $0.025 per run"], ["price: see provider"],
+                      ["background"], ["✕ not a colour"], []]
+    assert page.pack_errors == []
+
+
+def test_the_settings_show_which_keys_are_configured_and_never_a_key(page, comfyui):
+    from cloud_helpers import TEST_KEYS
+
+    answer = comfyui.get_json("/character_identity/status")
+    assert not any(key in json.dumps(answer) for key in TEST_KEYS.values())
+    page.keyboard.press("Control+Comma")
+    page.get_by_text("Character Identity", exact=True).first.click()
+    box = page.locator(".character-identity-key-status")
+    box.locator("[data-provider]").first.wait_for(timeout=10_000)
+    lines = box.locator("[data-provider]").all_inner_texts()
+    screenshot(page, "browser-key-status.png")
+    page.keyboard.press("Escape")
+    assert lines == ["WaveSpeed AI: configured (environment variable WAVESPEED_API_KEY)",
+                     "fal.ai: configured (environment variable FAL_KEY)", "Segmind: configured (keys file)"]
+    assert not any(key in page.content() for key in TEST_KEYS.values())
+    assert page.pack_errors == []
+
+
+def test_badges_show_in_the_vue_node_renderer_too(page):
+    """Nodes 2.0 never calls onDrawForeground; the swatch and the price are badges, which it draws."""
+    page.evaluate("() => app.graph.clear()")
+    page.evaluate("async () => app.extensionManager.setting.set('Comfy.VueNodes.Enabled', true)")
+    try:
+        page.evaluate(BADGES_JS, [["CharIDFalInstantCharacter", {"num_images": 2}],
+                                  ["CharIDPrepareReference", {"background": "#123456"}]])
+        page.get_by_text("≈ $0.21 per run").first.wait_for(timeout=10_000)
+        swatch = page.get_by_text("background", exact=True).first
+        swatch.wait_for(timeout=10_000)
+        colours = swatch.evaluate("(e) => { const s = []; for (let n = e; n; n = n.parentElement) "
+                                  "s.push(getComputedStyle(n).backgroundColor); return s; }")
+        screenshot(page, "browser-vue-nodes-badges.png")
+        assert "rgb(18, 52, 86)" in colours                      # #123456 behind the word
+    finally:
+        page.evaluate("async () => app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false)")
+        page.evaluate("() => app.graph.clear()")
+    assert page.pack_errors == []
+
+
+def test_without_the_server_side_the_page_still_works(page, comfyui):
+    """An old or half-installed pack: the status route answers 404. No error, no price, a clear line in
+    the settings; the rest of the extension (the swatch) still works."""
+    page.route("**/character_identity/status", lambda route: route.fulfill(status=404, body="not found"))
+    try:
+        page.reload()
+        page.wait_for_function(PACK_READY, timeout=90_000)
+        badges = page.evaluate(BADGES_JS, [["CharIDFalInstantCharacter", {}],
+                                           ["CharIDPrepareReference", {"background": "white"}]])
+        assert badges == [[], ["background"]]
+        page.keyboard.press("Control+Comma")
+        page.get_by_text("Character Identity", exact=True).first.click()
+        page.get_by_text("the pack's server side did not answer").first.wait_for(timeout=10_000)
+        page.keyboard.press("Escape")
+        assert page.pack_errors == []
+    finally:
+        page.unroute("**/character_identity/status")
+        page.reload()
+        page.wait_for_function(PACK_READY, timeout=90_000)

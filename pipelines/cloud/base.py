@@ -22,6 +22,7 @@ from ..contract import BackendLimits, GenerationBackend, GenerationRequest, Gene
 from ..images import decode_image, downscale_to_fit, encode_image, fit_to_size, flatten_to_rgb
 from .answers import AnswerError
 from .keys import KeySource
+from .pricing import Price
 from .slots import JobSlots
 from .transport import CloudCall, ProviderError, Redactor, Response, Timeouts, poll_delay
 from .uploads import UploadCache, content_key
@@ -143,6 +144,8 @@ class CloudBackend(GenerationBackend):
     name: ClassVar[str]            # shown in every message, e.g. "fal InstantCharacter"
     provider: ClassVar[str]        # short id used in the registry and the info output
     key_env: ClassVar[str]
+    price: ClassVar[Price]            # what a job costs, as the provider publishes it
+    company: ClassVar[str]            # who runs the service, for the key-status panel
     base_url_env: ClassVar[str]
     default_base_url: ClassVar[str]
     # further addresses by role: role -> (environment variable, default)

@@ -28,13 +28,14 @@ import aiohttp
 
 from ..contract import BackendLimits, Choice, Flag, GenerationRequest, NumberRange
 from .answers import AnswerError, as_object, flags, integer, number, text
+from .pricing import Price
 from .base import DONE, QUEUED, RUNNING, CloudBackend, EncodedReference, JobResult, JobStatus, Submitted, Uploaded, data_uri
 from .transport import RETRYABLE_STATUS, CloudCall, ProviderError, Response
 
 MODEL_PATH = "fal-ai/instant-character"
 UPLOAD_LIFETIME_S = 24 * 3600
 UPLOAD_KEEP_S = 20 * 3600
-PRICE_PER_MEGAPIXEL_USD = 0.1
+PRICE = Price(per_megapixel=0.1, source="fal's model page: $0.1 per megapixel")
 # fal's image_size presets and the sizes they stand for.
 IMAGE_SIZE_PRESETS = {
     "square_hd": (1024, 1024),
@@ -75,6 +76,8 @@ STREAM_FALLBACK_STATUS = RETRYABLE_STATUS | {404, 405, 501}
 class FalInstantCharacter(CloudBackend):
     name = "fal InstantCharacter"
     provider = "fal"
+    price = PRICE
+    company = "fal.ai"
     key_env = "FAL_KEY"
     base_url_env = "FAL_QUEUE_URL"
     default_base_url = "https://queue.fal.run"
@@ -233,7 +236,7 @@ class FalInstantCharacter(CloudBackend):
             timings["inference"] = number(result["timings"]["inference"])
         return JobResult(
             outputs=urls, seed=integer(result, "seed"), safety_flags=flags(result.get("has_nsfw_concepts")),
-            timings=timings, cost_usd=round(sum(megapixels) * PRICE_PER_MEGAPIXEL_USD, 4) if all(megapixels) else None,
+            timings=timings, cost_usd=round(sum(megapixels) * PRICE.per_megapixel, 4) if all(megapixels) else None,
             details={"cost_basis": "fal's published $0.1 per megapixel", "provider_logs": job.logs[-20:]},
         )
 

@@ -43,12 +43,23 @@ class KeySource:
         return default_keys_file(self.environ)
 
     def find(self, env_name: str) -> str | None:
+        return self.locate(env_name)[0]
+
+    def source_of(self, env_name: str) -> str | None:
+        """Where the key comes from — "environment", "keys file" or None — never the key itself."""
+        try:
+            return self.locate(env_name)[1]
+        except MissingKeyError:
+            return None
+
+    def locate(self, env_name: str) -> tuple[str | None, str | None]:
+        """(the key, where it comes from); (None, None) when it is in neither place."""
         value = self.environ.get(env_name, "").strip()
         if value:
-            return value
+            return value, "environment"
         path = self.path
         if not path.is_file():
-            return None
+            return None, None
         parser = configparser.ConfigParser(interpolation=None)
         try:
             parser.read(path, encoding="utf-8")
@@ -57,7 +68,7 @@ class KeySource:
             raise MissingKeyError("Character Identity", f"cannot read the keys file {path}",
                                   detail=f"not valid INI ({type(exc).__name__})") from None
         value = parser.get("keys", env_name, fallback="").strip()
-        return value or None
+        return (value, "keys file") if value else (None, None)
 
     def require(self, env_name: str, provider: str) -> str:
         value = self.find(env_name)

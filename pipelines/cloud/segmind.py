@@ -23,6 +23,7 @@ import binascii
 
 from ..contract import BackendLimits, Choice, Flag, GenerationRequest, ImageInput, NumberRange
 from .answers import AnswerError, as_object, number, text
+from .pricing import Price
 from .base import (DONE, QUEUED, RUNNING, JobResult, JobStatus, Submitted, VersionedCloudBackend, data_uri,
                    encode_reference)
 from .transport import CloudCall, ProviderError, Response
@@ -56,10 +57,13 @@ LIMITS = {
 API_VERSIONS = tuple(LIMITS)
 DEFAULTS = {"steps": 10, "guidance": 5.0, "num_images": 1, "identity_strength": 0.8, "adapter_strength": 0.8,
             "enhance_face_region": True, "style": "(No style)"}
+PRICE = Price(per_call=0.025, approximate=True, source="Segmind's model page: ~$0.025 per call")
 
 
 class SegmindInstantID(VersionedCloudBackend):
     provider = "segmind"
+    price = PRICE
+    company = "Segmind"
     key_env = "SEGMIND_API_KEY"
     base_url_env = "SEGMIND_BASE_URL"
     default_base_url = "https://api.segmind.com"

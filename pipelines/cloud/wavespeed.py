@@ -25,6 +25,7 @@ import aiohttp
 
 from ..contract import BackendLimits, Flag, GenerationRequest, NumberRange
 from .answers import AnswerError, as_object, flags, number, string_list, text
+from .pricing import Price
 from .base import (DONE, QUEUED, RUNNING, EncodedReference, JobResult, JobStatus, Submitted, Uploaded,
                    VersionedCloudBackend)
 from .transport import CloudCall, ProviderError, Response, hint_for
@@ -52,10 +53,13 @@ LIMITS = {
 }
 API_VERSIONS = tuple(LIMITS)
 DEFAULTS = {"steps": 28, "guidance": 3.5, "num_images": 1, "enable_safety_checker": True}
+PRICE = Price(source="WaveSpeed's API document gives no price for this model; see wavespeed.ai")
 
 
 class WaveSpeedInstantCharacter(VersionedCloudBackend):
     provider = "wavespeed"
+    price = PRICE
+    company = "WaveSpeed AI"
     key_env = "WAVESPEED_API_KEY"
     base_url_env = "WAVESPEED_BASE_URL"
     default_base_url = "https://api.wavespeed.ai"
