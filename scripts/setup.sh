@@ -40,6 +40,25 @@ PYEOF
   # insightface is the oracle the face analysis is compared with; its declared opencv-python would
   # clash with the headless build, so it comes without its dependencies (the ones it uses are in [test])
   "${PIP[@]}" install -c "$REPO_ROOT/scripts/constraints.txt" --no-deps "insightface==2.1"
+  # the newest frontend too (the browser tests run on both it and the one ComfyUI 0.3.75 ships, with
+  # Vue nodes on): the newest on PyPI when this was written; raise the pin to test a newer one
+  NEWEST_FRONTEND="1.58.1"
+  FRONTEND_DIR="$COMFYUI_DIR/frontend-newest"
+  if [ ! -f "$FRONTEND_DIR/$NEWEST_FRONTEND/index.html" ]; then
+    step "comfyui-frontend-package $NEWEST_FRONTEND (unpacked only, for the browser tests)"
+    rm -rf "$FRONTEND_DIR" && mkdir -p "$FRONTEND_DIR/wheel"
+    "${PIP[@]}" download --no-deps --only-binary=:all: -d "$FRONTEND_DIR/wheel" "comfyui-frontend-package==$NEWEST_FRONTEND"
+    "$PY" - "$FRONTEND_DIR" "$NEWEST_FRONTEND" <<'PYEOF'
+import pathlib, shutil, sys, zipfile
+folder, version = pathlib.Path(sys.argv[1]), sys.argv[2]
+[wheel] = (folder / "wheel").glob("*.whl")
+with zipfile.ZipFile(wheel) as archive:
+    archive.extractall(folder / "unpacked")
+shutil.move(str(folder / "unpacked" / "comfyui_frontend_package" / "static"), str(folder / version))
+shutil.rmtree(folder / "unpacked")
+shutil.rmtree(folder / "wheel")
+PYEOF
+  fi
   if ! command -v chromium >/dev/null 2>&1; then
     step "Debian chromium for the browser tests (Playwright drives it; it never downloads a browser)"
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

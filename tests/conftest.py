@@ -14,23 +14,11 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 from comfyui_server import ComfyUIServer
 
 
-@pytest.fixture(scope="session")
-def comfyui(tmp_path_factory, emulator_servers):
-    """One real ComfyUI for the session, its cloud nodes pointed at the emulators. WaveSpeed and fal
-    keys come from the environment, Segmind's from a keys file (both documented ways)."""
+def start_comfyui(base, emulator_servers, extra_args: list[str]) -> ComfyUIServer:
+    """A real ComfyUI in `base`, its cloud nodes pointed at the emulators. WaveSpeed and fal keys come
+    from the environment, Segmind's from a keys file (both documented ways)."""
     from cloud_helpers import TEST_KEYS
 
-    base = tmp_path_factory.mktemp("comfyui-base")
-    # tiny local models in the user's model folders, before ComfyUI lists them
-    from instantcharacter_models import build_tiny_files, install_into_models
-
-    local_models = install_into_models(build_tiny_files(tmp_path_factory.mktemp("tiny-models")), base / "models")
-    import face_models
-    import instantid_models
-
-    instantid_files = instantid_models.build_tiny_instantid(tmp_path_factory.mktemp("tiny-instantid"))
-    antelopev2 = face_models.antelopev2(tmp_path_factory.mktemp("tiny-antelopev2") / "antelopev2")
-    instantid_names = instantid_models.install_into_models(instantid_files, antelopev2, base / "models")
     keys_file = base / "keys.ini"
     keys_file.write_text(f"[keys]\nSEGMIND_API_KEY = {TEST_KEYS['SEGMIND_API_KEY']}\n")
     env = {
@@ -45,8 +33,26 @@ def comfyui(tmp_path_factory, emulator_servers):
         "CHARACTER_IDENTITY_REQUEST_TIMEOUT": "3",
         "HF_HUB_OFFLINE": "1",
     }
-    server = ComfyUIServer(base, env=env, extra_args=["--preview-method", "auto"]).start()
+    server = ComfyUIServer(base, env=env, extra_args=extra_args).start()
     server.keys_file = keys_file
+    return server
+
+
+@pytest.fixture(scope="session")
+def comfyui(tmp_path_factory, emulator_servers):
+    """One real ComfyUI for the session, with the tiny local models in its model folders."""
+    base = tmp_path_factory.mktemp("comfyui-base")
+    # tiny local models in the user's model folders, before ComfyUI lists them
+    from instantcharacter_models import build_tiny_files, install_into_models
+
+    local_models = install_into_models(build_tiny_files(tmp_path_factory.mktemp("tiny-models")), base / "models")
+    import face_models
+    import instantid_models
+
+    instantid_files = instantid_models.build_tiny_instantid(tmp_path_factory.mktemp("tiny-instantid"))
+    antelopev2 = face_models.antelopev2(tmp_path_factory.mktemp("tiny-antelopev2") / "antelopev2")
+    instantid_names = instantid_models.install_into_models(instantid_files, antelopev2, base / "models")
+    server = start_comfyui(base, emulator_servers, ["--preview-method", "auto"])
     server.local_models = local_models
     server.instantid_models = instantid_names
     try:

@@ -482,3 +482,25 @@ def test_without_the_server_side_the_page_still_works(page, comfyui):
         page.unroute("**/character_identity/status")
         page.reload()
         page.wait_for_function(PACK_READY, timeout=90_000)
+
+
+def test_badges_survive_collapse_resize_and_clone(page):
+    result = page.evaluate("""() => {
+        app.graph.clear();
+        const node = LiteGraph.createNode("CharIDPrepareReference");
+        node.pos = [100, 100];
+        app.graph.add(node);
+        node.widgets.find((w) => w.name === "background").value = "navy";
+        const texts = (n) => n.badges.map((b) => (typeof b === "function" ? b() : b)?.text).filter((t) => t && !t.includes("comfyui"));
+        node.collapse(); app.canvas.draw(true, true); node.collapse();
+        node.setSize([node.size[0] * 2, node.size[1] * 1.5]); app.canvas.draw(true, true);
+        const copy = node.clone(); copy.pos = [500, 100]; app.graph.add(copy);
+        copy.widgets.find((w) => w.name === "background").value = "nope";
+        app.canvas.draw(true, true);
+        const fal = LiteGraph.createNode("CharIDFalInstantCharacter"); app.graph.add(fal);
+        const falCopy = fal.clone(); app.graph.add(falCopy);
+        return [texts(node), texts(copy), texts(falCopy)];
+    }""")
+    assert result == [["background"], ["✕ not a colour"], ["≈ $0.10 per run"]]
+    page.evaluate("() => app.graph.clear()")
+    assert page.pack_errors == []
