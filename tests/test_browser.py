@@ -504,3 +504,39 @@ def test_badges_survive_collapse_resize_and_clone(page):
     assert result == [["background"], ["✕ not a colour"], ["≈ $0.10 per run"]]
     page.evaluate("() => app.graph.clear()")
     assert page.pack_errors == []
+
+
+def open_from_template_browser(page, name: str) -> None:
+    """As a user does: Browse Templates → the pack's entry → the workflow's card."""
+    page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    page.get_by_text(PACK_NAME, exact=True).first.click()
+    page.evaluate("() => app.graph.clear()")                  # so the wait below sees the new graph arrive
+    page.locator("h3", has_text=name).filter(has_text=name).first.click()
+    expected = sorted(node["type"] for node in json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text())["nodes"])
+    page.wait_for_function("(types) => JSON.stringify(app.graph._nodes.map((n) => n.type).sort()) === "
+                           "JSON.stringify(types)", arg=expected, timeout=15_000)
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_each_workflow_opens_from_the_template_browser(page, name):
+    open_from_template_browser(page, name)
+    loaded = sorted(page.evaluate("() => app.graph._nodes.map((n) => n.type)"))
+    shipped = sorted(node["type"] for node in json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text())["nodes"])
+    assert loaded == shipped
+    assert page.pack_errors == []
+
+
+def test_a_cloud_workflow_queued_from_the_page_shows_its_image_on_the_canvas(page, comfyui, emulator_servers):
+    emulator_servers["fal"].reset()
+    name = uploaded_reference(comfyui, "rgb_png")
+    open_from_template_browser(page, "cloud_fal_instantcharacter")
+    page.evaluate("""(name) => {
+        for (const node of app.graph._nodes.filter((n) => n.type === "LoadImage"))
+            node.widgets.find((w) => w.name === "image").value = name;
+    }""", name)
+    page.evaluate("() => app.queuePrompt(0, 1)")
+    page.wait_for_function("() => app.graph._nodes.some((n) => n.type === 'SaveImage' && n.imgs?.length)",
+                           timeout=60_000)
+    screenshot(page, "browser-fal-workflow-result-on-canvas.png")
+    assert emulator_servers["fal"].counts["submit"] == 1
+    assert page.pack_errors == []
