@@ -6,13 +6,12 @@ from (never the keys), and each cloud node's published price, for the estimate s
 from __future__ import annotations
 
 import ipaddress
-
-from aiohttp import web
+import sys
 
 STATUS_PATH = "/character_identity/status"
 
 
-def _is_local(request: web.Request) -> bool:
+def _is_local(request) -> bool:
     try:
         return ipaddress.ip_address((request.remote or "").split("%")[0]).is_loopback
     except ValueError:
@@ -43,15 +42,18 @@ def pack_status(local: bool) -> dict:
 
 
 def register_routes() -> None:
-    """Once per server (ComfyUI serves routes added while custom nodes load)."""
-    from server import PromptServer
-
-    if PromptServer.instance is None:
+    """Once per server (ComfyUI serves routes added while custom nodes load). Without a running
+    ComfyUI server (a script loading the nodes) there is nothing to register, and nothing is imported."""
+    server = sys.modules.get("server")
+    instance = getattr(getattr(server, "PromptServer", None), "instance", None)
+    if instance is None:
         return
-    routes = PromptServer.instance.routes
+    from aiohttp import web
+
+    routes = instance.routes
     if any(getattr(route, "path", None) == STATUS_PATH for route in routes):
         return
 
     @routes.get(STATUS_PATH)
-    async def status(request: web.Request) -> web.Response:
+    async def status(request):
         return web.json_response(pack_status(_is_local(request)), headers={"Cache-Control": "no-store"})
