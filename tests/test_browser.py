@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from cloud_helpers import TEST_KEYS
 from comfyui_server import ARTIFACTS, PACK_NAME, REPO_ROOT
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.browser]
@@ -26,6 +27,38 @@ EXTENSION_URL_PART = f"/extensions/{PACK_NAME}/"
 PACK_READY = "() => window.app?.graph && window.app.extensions?.some(e => e.name === 'CharacterIdentity.ui')"
 
 
+NEWEST_FRONTENDS = REPO_ROOT / ".comfyui" / "frontend-newest"
+
+
+@pytest.fixture(scope="module", params=["bundled", "newest"])
+def comfyui(request, comfyui, tmp_path_factory, emulator_servers):
+    """Every browser test runs twice: on the frontend ComfyUI 0.3.75 ships (classic canvas), and on
+    the newest comfyui-frontend-package from PyPI (unpacked by scripts/setup.sh --test) with the Vue
+    node renderer ("Nodes 2.0") on — another ComfyUI over the same model folders and emulators."""
+    if request.param == "bundled":
+        comfyui.frontend = "bundled"
+        yield comfyui
+        return
+    from conftest import start_comfyui
+
+    roots = sorted(NEWEST_FRONTENDS.glob("*/index.html")) if NEWEST_FRONTENDS.is_dir() else []
+    assert roots, "the newest frontend is missing: run scripts/setup.sh --test"
+    base = tmp_path_factory.mktemp("comfyui-newest-frontend")
+    shutil.copytree(comfyui.base / "models", base / "models", symlinks=True)
+    server = start_comfyui(base, emulator_servers, ["--front-end-root", str(roots[-1].parent)])
+    server.local_models, server.instantid_models = comfyui.local_models, comfyui.instantid_models
+    server.frontend = roots[-1].parent.name
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.keep_log("comfyui-server-newest-frontend.log")
+
+
+def vue_nodes(comfyui) -> bool:
+    return comfyui.frontend != "bundled"
+
+
 @pytest.fixture(scope="module")
 def page(comfyui):
     from playwright.sync_api import sync_playwright
@@ -33,11 +66,13 @@ def page(comfyui):
     chromium = shutil.which("chromium")
     assert chromium, "Debian's chromium is missing: scripts/setup.sh --test installs it"
     # A new ComfyUI user gets a templates dialog over the canvas; this is the setting that skips it.
-    assert comfyui.post_json("/settings", {"Comfy.TutorialCompleted": True})[0] == 200
+    assert comfyui.post_json("/settings", {"Comfy.TutorialCompleted": True,
+                                           "Comfy.VueNodes.Enabled": vue_nodes(comfyui)})[0] == 200
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.pack_errors = []
+        page.frontend = comfyui.frontend
 
         def record_console(message):
             location = (message.location or {}).get("url", "")
@@ -65,15 +100,17 @@ def page(comfyui):
 
 
 def screenshot(page, name: str) -> Path:
+    """Kept as a test artifact, one per frontend: browser-<what>-<frontend>.png."""
     ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / name
+    path = ARTIFACTS / name.replace(".png", f"-{page.frontend}.png")
     page.screenshot(path=str(path))
     return path
 
 
 def test_node_search_finds_the_prepare_node_and_adds_it(page):
     page.evaluate("() => window.app.graph.clear()")
-    search = page.locator(".comfy-vue-node-search-container input").first
+    # the bundled frontend's search box, or the newer one's combobox dialog
+    search = page.locator(".comfy-vue-node-search-container input, [role=dialog] input[role=combobox]").first
     for attempt in range(3):      # right after start-up the canvas may still swallow the first double-click
         page.locator("#graph-canvas").dblclick(position={"x": 600, "y": 400})
         try:
@@ -83,7 +120,7 @@ def test_node_search_finds_the_prepare_node_and_adds_it(page):
             if attempt == 2:
                 raise
     search.fill("Prepare Character Reference")
-    option = page.locator("li[role=option]", has_text="Prepare Character Reference").first
+    option = page.locator("[role=option]", has_text="Prepare Character Reference").first
     option.wait_for(timeout=10_000)
     assert "Character Identity" in option.inner_text()
     search.press("Enter")
@@ -97,17 +134,19 @@ def test_node_search_finds_the_prepare_node_and_adds_it(page):
 
 
 def test_node_library_shows_the_pack_category_tree(page):
-    page.locator(".node-library-tab-button").click()
-    box = page.locator(".node-lib-search-box input, .comfy-vue-side-bar-container input").first
+    library = page.locator(".node-library-tab-button, button[aria-label^='Node Library']").first
+    library.click()
+    box = page.locator(".node-lib-search-box input, .comfy-vue-side-bar-container input, "
+                       "input[placeholder*='earch']").first
     box.fill("Prepare Character")
-    labels = page.locator(".p-tree-node-label")
+    labels = page.locator(".p-tree-node-label, [role=treeitem]")
     labels.filter(has_text="Prepare Character Reference").first.wait_for(timeout=10_000)
     texts = [text.strip() for text in labels.all_inner_texts()]
     assert any(text.startswith("Character Identity") for text in texts)
     assert any(text.startswith("Reference") for text in texts)
     screenshot(page, "browser-node-library.png")
     box.fill("")
-    page.locator(".node-library-tab-button").click()
+    library.click()
     assert page.pack_errors == []
 
 
@@ -197,9 +236,25 @@ def test_every_shipped_workflow_is_covered():
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)
-def test_the_api_twin_is_what_the_frontend_makes_of_the_ui_file(page, name):
+def test_the_api_twin_is_what_the_frontend_makes_of_the_ui_file(page, comfyui, name):
     converted = load_and_convert(page, name)
-    assert converted == json.loads((REPO_ROOT / "workflows" / "api" / f"{name}.json").read_text())
+    twin = json.loads((REPO_ROOT / "workflows" / "api" / f"{name}.json").read_text())
+    if comfyui.frontend == "bundled":
+        assert converted == twin                # the twin is exactly what this frontend makes
+    else:
+        assert essence(converted) == essence(twin)
+
+
+def essence(prompt: dict) -> dict:
+    """What a prompt asks for: every node's type and links, and all of the pack's nodes' inputs. Core
+    nodes' titles and frontend-only widgets (PreviewAny's "preview" text) differ between frontends."""
+    out = {}
+    for node_id, node in prompt.items():
+        inputs = node["inputs"]
+        if not node["class_type"].startswith("CharID"):
+            inputs = {k: v for k, v in inputs.items() if isinstance(v, list) or node["class_type"] == "LoadImage"}
+        out[node_id] = (node["class_type"], inputs)
+    return out
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)
@@ -443,7 +498,7 @@ def test_the_settings_show_which_keys_are_configured_and_never_a_key(page, comfy
     assert page.pack_errors == []
 
 
-def test_badges_show_in_the_vue_node_renderer_too(page):
+def test_badges_show_in_the_vue_node_renderer_too(page, comfyui):
     """Nodes 2.0 never calls onDrawForeground; the swatch and the price are badges, which it draws."""
     page.evaluate("() => app.graph.clear()")
     page.evaluate("async () => app.extensionManager.setting.set('Comfy.VueNodes.Enabled', true)")
@@ -451,14 +506,14 @@ def test_badges_show_in_the_vue_node_renderer_too(page):
         page.evaluate(BADGES_JS, [["CharIDFalInstantCharacter", {"num_images": 2}],
                                   ["CharIDPrepareReference", {"background": "#123456"}]])
         page.get_by_text("≈ $0.21 per run").first.wait_for(timeout=10_000)
-        swatch = page.get_by_text("background", exact=True).first
-        swatch.wait_for(timeout=10_000)
-        colours = swatch.evaluate("(e) => { const s = []; for (let n = e; n; n = n.parentElement) "
-                                  "s.push(getComputedStyle(n).backgroundColor); return s; }")
+        page.wait_for_function("""() => [...document.querySelectorAll('*')].some((e) =>
+            e.childElementCount === 0 && e.textContent.trim() === 'background' &&
+            [e, e.parentElement, e.parentElement?.parentElement].some(
+                (n) => n && getComputedStyle(n).backgroundColor === 'rgb(18, 52, 86)'))""", timeout=10_000)
         screenshot(page, "browser-vue-nodes-badges.png")
-        assert "rgb(18, 52, 86)" in colours                      # #123456 behind the word
     finally:
-        page.evaluate("async () => app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false)")
+        page.evaluate("async (on) => app.extensionManager.setting.set('Comfy.VueNodes.Enabled', on)",
+                      vue_nodes(comfyui))
         page.evaluate("() => app.graph.clear()")
     assert page.pack_errors == []
 
@@ -509,7 +564,8 @@ def test_badges_survive_collapse_resize_and_clone(page):
 def open_from_template_browser(page, name: str) -> None:
     """As a user does: Browse Templates → the pack's entry → the workflow's card."""
     page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
-    page.get_by_text(PACK_NAME, exact=True).first.click()
+    # in the dialog: Nodes 2.0 also shows the pack's name as a badge on its nodes behind it
+    page.locator("[role=dialog]").get_by_text(PACK_NAME, exact=True).first.click()
     page.evaluate("() => app.graph.clear()")                  # so the wait below sees the new graph arrive
     page.locator("h3", has_text=name).filter(has_text=name).first.click()
     expected = sorted(node["type"] for node in json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text())["nodes"])
@@ -526,6 +582,18 @@ def test_each_workflow_opens_from_the_template_browser(page, name):
     assert page.pack_errors == []
 
 
+# Records every text ComfyUI's own progress-text preview shows on the fal node, as the user sees it.
+STATUS_RECORDER_JS = """() => {
+    window.__statusSeen = [];
+    const node = app.graph._nodes.find((n) => n.type === "CharIDFalInstantCharacter");
+    const timer = setInterval(() => {
+        const text = node.widgets?.find((w) => w.name === "$$node-text-preview")?.value;
+        if (text && window.__statusSeen.at(-1) !== text) window.__statusSeen.push(String(text));
+    }, 50);
+    setTimeout(() => clearInterval(timer), 90_000);
+}"""
+
+
 def test_a_cloud_workflow_queued_from_the_page_shows_its_image_on_the_canvas(page, comfyui, emulator_servers):
     emulator_servers["fal"].reset()
     name = uploaded_reference(comfyui, "rgb_png")
@@ -534,9 +602,22 @@ def test_a_cloud_workflow_queued_from_the_page_shows_its_image_on_the_canvas(pag
         for (const node of app.graph._nodes.filter((n) => n.type === "LoadImage"))
             node.widgets.find((w) => w.name === "image").value = name;
     }""", name)
-    page.evaluate("() => app.queuePrompt(0, 1)")
-    page.wait_for_function("() => app.graph._nodes.some((n) => n.type === 'SaveImage' && n.imgs?.length)",
-                           timeout=60_000)
+    # the job waits in fal's queue, then runs: the node shows what the server says as it happens
+    emulator_servers["fal"].queue_s, emulator_servers["fal"].processing_s = 2.0, 2.0
+    page.evaluate(STATUS_RECORDER_JS)
+    try:
+        page.evaluate("() => app.queuePrompt(0, 1)")
+        page.wait_for_function("() => window.__statusSeen.some((t) => t.includes('in queue (position 2)'))",
+                               timeout=60_000)
+        screenshot(page, "browser-fal-workflow-in-queue.png")
+        page.wait_for_function("() => window.__statusSeen.some((t) => t.includes('running') && "
+                               "t.includes('Loading InstantCharacter'))", timeout=60_000)
+        page.wait_for_function("() => app.graph._nodes.some((n) => n.type === 'SaveImage' && n.imgs?.length)",
+                               timeout=60_000)
+    finally:
+        emulator_servers["fal"].queue_s, emulator_servers["fal"].processing_s = 0.0, 0.3
     screenshot(page, "browser-fal-workflow-result-on-canvas.png")
     assert emulator_servers["fal"].counts["submit"] == 1
+    seen = page.evaluate("() => window.__statusSeen")
+    assert not any(TEST_KEYS["FAL_KEY"] in text for text in seen)
     assert page.pack_errors == []
