@@ -16,7 +16,8 @@ from .common import CATEGORY_LOCAL, node_id
 from .face_nodes import FaceModelsSocket
 from .generator_inputs import (Defaults, build_request, float_input, generator_schema, single_image,
                                validate_size_and_prompt)
-from .local import dtype_input, files_size, memory_mode_input, resolve_dtype
+from .local import dtype_input, memory_mode_input, resolve_dtype
+from .model_management import ComfyModelManagement, InstantIDWeights
 from .runtime import generate
 
 PIPELINE_TYPE = "CHARID_INSTANTID"
@@ -109,10 +110,9 @@ class InstantIDLoader(io.ComfyNode):
         plan = cls.plan(sdxl_model, identitynet, adapter, lcm_lora)
         device = mm.get_torch_device()
         torch_dtype = resolve_dtype(dtype, device, half="fp16")
-        if device.type != "cpu":
-            mm.free_memory(files_size([plan.sdxl, plan.identitynet, plan.adapter]), device)
+        # weights load to the CPU; ComfyUI makes room and places them when a phase needs them
         pipeline = build_pipeline(plan, device=device, dtype=torch_dtype, memory=memory_mode,
-                                  face_analyzer=face_models)
+                                  face_analyzer=face_models, host=ComfyModelManagement(InstantIDWeights))
         sources = {"sdxl": sdxl_model, "identitynet": identitynet, "adapter": adapter, "lcm_lora": lcm_lora}
         return io.NodeOutput(LoadedInstantID(pipeline, memory_mode, sources))
 

@@ -7,7 +7,6 @@ Cancel. The loaded pipeline lives in the loader's output (never in a module glob
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +15,7 @@ from comfy_api.latest import io
 from . import model_files as files
 from .common import CATEGORY_LOCAL, node_id
 from .generator_inputs import Defaults, build_request, float_input, generator_schema, validate_size_and_prompt
+from .model_management import ComfyModelManagement, InstantCharacterWeights
 from .runtime import generate
 
 PIPELINE_TYPE = "CHARID_INSTANTCHARACTER"
@@ -128,12 +128,9 @@ class InstantCharacterLoader(io.ComfyNode):
         plan = cls.plan(flux_model, vae, clip_l, t5xxl, siglip, dinov2, adapter)
         device = mm.get_torch_device()                # honours --cpu and ComfyUI's device choice
         torch_dtype = resolve_dtype(dtype, device)
-        if device.type != "cpu":
-            # make room: ComfyUI unloads what it holds before a load of this size
-            mm.free_memory(files_size([plan.adapter, plan.flux.transformer, plan.flux.vae, plan.flux.clip_l,
-                                       plan.flux.t5xxl, plan.flux.folder, plan.siglip, plan.dinov2]), device)
+        # weights load to the CPU; ComfyUI makes room and places them when a phase needs them
         pipeline = build_pipeline(plan, device=device, dtype=torch_dtype, memory=memory_mode,
-                                  weight_format=weight_format)
+                                  weight_format=weight_format, host=ComfyModelManagement(InstantCharacterWeights))
         sources = {"flux": flux_model, "siglip": siglip, "dinov2": dinov2, "adapter": adapter}
         return io.NodeOutput(LoadedInstantCharacter(pipeline, memory_mode, sources))
 
@@ -154,20 +151,6 @@ def resolve_dtype(name: str, device, half: str = "bf16"):
                 return dtype
         return torch.float32
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
-
-
-def files_size(paths) -> int:
-    """Bytes of the weight files among `paths` (files, or folders searched for weights): an estimate
-    of what loading them takes on the device."""
-    total = 0
-    for path in filter(None, paths):
-        if os.path.isfile(path):
-            total += os.path.getsize(path)
-        elif os.path.isdir(path):
-            for root, _, names in os.walk(path):
-                total += sum(os.path.getsize(os.path.join(root, n)) for n in names
-                             if n.endswith((".safetensors", ".bin", ".gguf")))
-    return total
 
 
 class InstantCharacterLocalNode(io.ComfyNode):

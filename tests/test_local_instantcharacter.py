@@ -264,6 +264,36 @@ def test_every_memory_mode_gives_the_same_image(files, pipe, mode):
     assert torch.allclose(run_case(other, case, "latent"), run_case(pipe, case, "latent"), atol=1e-6)
 
 
+class RecordingHost:
+    """A device host (what ComfyUI's model management is to the pipeline) that records each request."""
+
+    def __init__(self):
+        self.resident_calls, self.room_asked = [], []
+
+    def keep_resident(self, modules, device):
+        self.resident_calls.append((tuple(modules), device))
+
+    def make_room(self, nbytes, device):
+        self.room_asked.append((nbytes, device))
+
+
+def test_a_resident_pipeline_asks_its_host_for_the_device_before_every_phase(files):
+    host = RecordingHost()
+    pipe = build_pipeline(pipeline_files(files), host=host)
+    assert host.resident_calls == []                       # loading places nothing: the host does
+    case = cases.CASES["strong_subject_square"]
+    run_case(pipe, case, "latent")
+    components = {id(m) for m in (pipe.flux.transformer, pipe.flux.vae, pipe.flux.text_encoder,
+                                  pipe.flux.text_encoder_2, pipe.encoders.siglip, pipe.encoders.dinov2,
+                                  pipe.adapter.projector)}
+    # text, reference, denoising (latents out: no decoding): every phase, with every component at once
+    assert len(host.resident_calls) == 3
+    assert all({id(m) for m in modules} == components and device == torch.device("cpu")
+               for modules, device in host.resident_calls)
+    run_case(pipe, case, "latent", seed=case.seed + 1)    # prompt and reference cached: denoising only
+    assert len(host.resident_calls) == 4 and host.room_asked == []
+
+
 def _resident_megabytes() -> float:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

@@ -8,12 +8,17 @@
 - sequential_offload: leaf by leaf (slowest; the last resort).
 
 On a CPU-only machine every mode computes on the CPU and gives the same result.
+
+A `DeviceHost` is whoever else uses the device: inside ComfyUI its model management (the nodes give
+one), so that ComfyUI makes room before a phase moves weights in, and can take a resident pipeline's
+weights off the device ("Unload models", or another model needing the room) — they come back at the
+next phase. Without a host (a script) the pipeline has the device to itself.
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Protocol, Sequence
 
 import torch
 
@@ -22,19 +27,35 @@ MEMORY_MODES = ("resident", "model_offload", "group_offload", "sequential_offloa
 NEXT_MODE = {"resident": "model_offload", "model_offload": "group_offload", "group_offload": "sequential_offload"}
 
 
+class DeviceHost(Protocol):
+    def make_room(self, nbytes: int, device: torch.device) -> None:
+        """Free `nbytes` on `device` (others' models unloaded) before a phase moves weights in."""
+
+    def keep_resident(self, modules: Sequence[torch.nn.Module], device: torch.device) -> None:
+        """Make sure `modules` are on `device` (the host may have taken them off), registered as one
+        model the host may unload when it needs the room."""
+
+
 @dataclass
 class Placement:
-    """Moves components to the compute device for a phase and back, when offloading."""
+    """Puts a phase's components on the compute device: with offloading, moves them there for the
+    phase and back; resident, asks the host to keep every component there."""
 
     device: torch.device
     offload: bool
+    components: tuple = ()                # every model of the pipeline (what resident keeps)
+    host: DeviceHost | None = None
 
     @contextlib.contextmanager
     def on_device(self, *modules):
         if not self.offload or self.device.type == "cpu":
+            if self.host is not None and self.components:
+                self.host.keep_resident(self.components, self.device)
             yield
             return
         moved = [m for m in modules if m is not None and not _streams_itself(m)]
+        if self.host is not None:
+            self.host.make_room(sum(module_bytes(m) for m in moved), self.device)
         for module in moved:
             module.to(self.device)
         try:
@@ -44,21 +65,30 @@ class Placement:
                 module.to("cpu")
 
 
+def module_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's weights and buffers, as stored (fp8 and GGUF count as what they hold)."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def _streams_itself(module: torch.nn.Module) -> bool:
     """Group-offloaded modules move their own blocks; moving them whole would defeat it."""
     return getattr(module, "_character_identity_streams", False)
 
 
 def apply_memory_mode(mode: str, device: torch.device, components: Iterable[torch.nn.Module],
-                      streamed: Iterable[torch.nn.Module]) -> Placement:
+                      streamed: Iterable[torch.nn.Module], host: DeviceHost | None = None) -> Placement:
     """`components`: every model of the pipeline; `streamed`: the large ones that group offloading
-    streams block by block."""
+    streams block by block. Resident with a `host`: the weights stay where they were loaded (the CPU)
+    until the first phase asks the host for them, so the host accounts for every byte it places."""
     if mode not in MEMORY_MODES:
         raise ValueError(f"memory mode {mode!r} is not one of {', '.join(MEMORY_MODES)}")
+    components = tuple(components)
     if mode == "resident" or device.type == "cpu":
-        for module in components:
-            module.to(device)
-        return Placement(device, offload=False)
+        if host is None:
+            for module in components:
+                module.to(device)
+        return Placement(device, offload=False, components=components, host=host)
     if mode in ("group_offload", "sequential_offload"):
         from diffusers.hooks import apply_group_offloading
 
@@ -68,7 +98,7 @@ def apply_memory_mode(mode: str, device: torch.device, components: Iterable[torc
             apply_group_offloading(module, onload_device=device, offload_device=torch.device("cpu"),
                                    use_stream=device.type == "cuda", **options)
             module._character_identity_streams = True
-    return Placement(device, offload=True)
+    return Placement(device, offload=True, components=components, host=host)
 
 
 def out_of_memory(backend: str, mode: str) -> MemoryError:

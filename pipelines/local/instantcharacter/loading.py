@@ -379,9 +379,11 @@ def store_in_fp8(transformer, compute_dtype: torch.dtype) -> None:
 
 
 def build_pipeline(files: InstantCharacterFiles, device: torch.device | str = "cpu",
-                   dtype: torch.dtype = torch.float32, memory: str = "resident", weight_format: str = "dtype"):
+                   dtype: torch.dtype = torch.float32, memory: str = "resident", weight_format: str = "dtype",
+                   host=None):
     """Everything loaded, checked and assembled into an InstantCharacterPipeline. `weight_format`
-    "fp8_e4m3fn" stores the FLUX transformer in fp8 (computed in `dtype`)."""
+    "fp8_e4m3fn" stores the FLUX transformer in fp8 (computed in `dtype`). `host`: a
+    memory.DeviceHost that shares the device with other models (ComfyUI's model management)."""
     from diffusers import FluxPipeline
 
     from .adapter import build_adapter
@@ -403,6 +405,7 @@ def build_pipeline(files: InstantCharacterFiles, device: torch.device | str = "c
     device = torch.device(device)
     components = [flux.transformer, flux.vae, flux.text_encoder, flux.text_encoder_2, encoders.siglip,
                   encoders.dinov2, adapter.projector]
-    placement = apply_memory_mode(memory, device, components, streamed=(flux.transformer, flux.text_encoder_2))
+    placement = apply_memory_mode(memory, device, components, streamed=(flux.transformer, flux.text_encoder_2),
+                                  host=host)
     return InstantCharacterPipeline(flux=flux, encoders=encoders, adapter=adapter, device=device, dtype=dtype,
                                     placement=placement)

@@ -309,9 +309,10 @@ class InstantIDFiles:
 
 
 def build_pipeline(files: InstantIDFiles, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                   memory: str = "resident", face_device: str = "cpu", face_analyzer=None):
+                   memory: str = "resident", face_device: str = "cpu", face_analyzer=None, host=None):
     """Everything loaded, checked and assembled into an InstantIDPipeline. The face models come from
-    `files.antelopev2`, or are an already loaded FaceAnalyzer (`face_analyzer`, shared with other nodes)."""
+    `files.antelopev2`, or are an already loaded FaceAnalyzer (`face_analyzer`, shared with other nodes).
+    `host`: a memory.DeviceHost that shares the device with other models (ComfyUI's model management)."""
     from ..faces import FaceAnalyzer
     from ..memory import apply_memory_mode
     from .adapter import build_face_adapter, install_face_adapter
@@ -336,7 +337,7 @@ def build_pipeline(files: InstantIDFiles, device: torch.device | str = "cpu", dt
     device = torch.device(device)
     components = [parts["unet"], controlnet, parts["vae"], parts["text_encoder"], parts["text_encoder_2"],
                   adapter.resampler]
-    placement = apply_memory_mode(memory, device, components, streamed=(parts["unet"], controlnet))
+    placement = apply_memory_mode(memory, device, components, streamed=(parts["unet"], controlnet), host=host)
     models = SDXLModels(controlnet=controlnet, tokenizer=tokenizer, scheduler_config=scheduler_config, **parts)
     return InstantIDPipeline(models=models, adapter=adapter, device=device, dtype=dtype, faces=faces,
                              placement=placement, lcm=lcm)
