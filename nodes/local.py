@@ -67,10 +67,11 @@ class InstantCharacterLoader(io.ComfyNode):
                                tooltip="Hugging Face folder of facebook/dinov2-giant in models/clip_vision"),
                 io.Combo.Input("adapter", options=files.adapter_options(),
                                tooltip="instantcharacter_ip-adapter.bin (models/instantcharacter)"),
-                io.Combo.Input("weight_format", options=["dtype", "fp8_e4m3fn"], default="dtype",
+                io.Combo.Input("weight_format", options=["dtype", "fp8_e4m3fn", "nf4"], default="dtype",
                                tooltip="dtype: the FLUX transformer in the chosen dtype. fp8_e4m3fn: stored in fp8 "
                                        "and computed in the dtype layer by layer (half the VRAM; the adapter's "
-                                       "layers stay in full precision)."),
+                                       "layers stay in full precision). nf4: 4-bit (a quarter of the VRAM; needs "
+                                       "a CUDA GPU and bitsandbytes)."),
                 memory_mode_input(),
                 dtype_input("auto: bf16 on GPUs that support it, fp32 on the CPU."),
             ],
@@ -81,6 +82,8 @@ class InstantCharacterLoader(io.ComfyNode):
     def validate_inputs(cls, flux_model, vae, clip_l, t5xxl, siglip, dinov2, adapter, weight_format) -> bool | str:
         if flux_model.endswith(".gguf") and weight_format != "dtype":
             return "weight_format: a GGUF file is already quantized; choose 'dtype' for it"
+        if weight_format == "nf4" and (problem := nf4_unavailable()):
+            return f"weight_format nf4 needs a CUDA GPU and bitsandbytes; {problem}. Choose fp8_e4m3fn or a GGUF file"
         for name, value in (("flux_model", flux_model), ("siglip", siglip), ("dinov2", dinov2), ("adapter", adapter)):
             if value == files.NONE_FOUND:
                 kind = {"flux_model": "diffusion_models", "adapter": "instantcharacter"}.get(name, "clip_vision")
@@ -133,6 +136,20 @@ class InstantCharacterLoader(io.ComfyNode):
                                   weight_format=weight_format, host=ComfyModelManagement(InstantCharacterWeights))
         sources = {"flux": flux_model, "siglip": siglip, "dinov2": dinov2, "adapter": adapter}
         return io.NodeOutput(LoadedInstantCharacter(pipeline, memory_mode, sources))
+
+
+def nf4_unavailable() -> str | None:
+    """Why NF4 cannot run here (bitsandbytes' 4-bit kernels are made for CUDA GPUs), or None."""
+    import importlib.util
+
+    import comfy.model_management as mm
+
+    device = mm.get_torch_device().type
+    if device != "cuda":
+        return f"ComfyUI computes on {'the CPU' if device == 'cpu' else device} here"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed (pip install bitsandbytes into ComfyUI's Python)"
+    return None
 
 
 def resolve_dtype(name: str, device, half: str = "bf16"):

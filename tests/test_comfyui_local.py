@@ -279,3 +279,15 @@ def test_comfyui_manages_a_resident_pipeline_and_unload_models_frees_it(comfyui,
                                   loader_node(comfyui, memory_mode="model_offload")))
     assert np.array_equal(np.asarray(outputs(comfyui, after_free, "2")[0][0]),
                           np.asarray(outputs(comfyui, offloaded, "2")[0][0]))
+
+
+def test_nf4_is_refused_at_queue_time_where_it_cannot_run(comfyui, reference_name):
+    """bitsandbytes' 4-bit kernels are made for CUDA GPUs: on this CPU-only ComfyUI the queue refuses
+    NF4 with what it needs and what to choose instead, before any weight loads."""
+    loader = loader_node(comfyui)
+    loader["inputs"]["weight_format"] = "nf4"
+    status, body = comfyui.post_json("/prompt", {"prompt": graph(comfyui, reference_name, {"2": local_node()},
+                                                                 loader)})
+    message = json.dumps(body["node_errors"]["10"])
+    assert status == 400 and "nf4 needs a CUDA GPU and bitsandbytes" in message
+    assert "ComfyUI computes on the CPU here" in message and "fp8_e4m3fn or a GGUF file" in message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -334,6 +335,35 @@ def test_fp8_storage_keeps_the_subject_layers_in_full_precision(files, pipe):
     case = cases.CASES["demo_scale"]
     reduced, exact = run_case(stored, case, "latent"), run_case(pipe, case, "latent")
     assert torch.isfinite(reduced).all() and 0 < (reduced - exact).abs().max() < 1.0
+
+
+def test_nf4_stores_the_transformers_linear_layers_in_4_bits_and_keeps_the_subject_layers(files, pipe):
+    import bitsandbytes as bnb
+
+    stored = build_pipeline(pipeline_files(files), weight_format="nf4")
+    layers = dict(stored.flux.transformer.named_modules())
+    exact_layers = dict(pipe.flux.transformer.named_modules())
+    for name in ("transformer_blocks.0.attn.to_q", "single_transformer_blocks.1.proj_mlp", "transformer_blocks.1.ff.net.2"):
+        layer = layers[name]
+        assert isinstance(layer, bnb.nn.Linear4bit) and layer.weight.quant_type == "nf4"
+        assert layer.weight.dtype == torch.uint8 and layer.weight.numel() * 2 == exact_layers[name].weight.numel()
+        restored = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+        original = exact_layers[name].weight
+        assert 0 < (restored - original).norm() / original.norm() < 0.15      # 4-bit rounding, not garbage
+    kept = [name for name, layer in layers.items() if type(layer) is torch.nn.Linear]
+    assert sum(".processor." in name for name in kept) == 4 * 2           # to_k_ip, to_v_ip of every block
+    assert all(layers[name].weight.dtype == torch.float32 for name in kept)
+    assert "proj_out" in kept and "transformer_blocks.0.norm1.linear" in kept
+    case = cases.CASES["demo_scale"]
+    reduced, exact = run_case(stored, case, "latent"), run_case(pipe, case, "latent")
+    assert torch.isfinite(reduced).all() and 0 < (reduced - exact).abs().mean() < 0.5 * exact.abs().mean()
+
+
+def test_nf4_without_bitsandbytes_is_a_clear_error_before_any_weight_loads(files, monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)            # as if not installed
+    missing = pipeline_files(files, adapter=files.adapter_bin.with_name("not-there.bin"))
+    with pytest.raises(ModelFileError, match=r"needs bitsandbytes \(pip install bitsandbytes\)"):
+        build_pipeline(missing, weight_format="nf4")                  # not the missing file: nothing was read
 
 
 # ---- style LoRA (adapter, never merged) ----------------------------------------------------------------

@@ -14,6 +14,7 @@ expensive part of a load where it can be checked early.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -365,24 +366,60 @@ def install_adapter(transformer, adapter, encoders, files_adapter: Path) -> None
     transformer.set_attn_processor(dict(zip(names, processors)))
 
 
-WEIGHT_FORMATS = ("dtype", "fp8_e4m3fn")
+WEIGHT_FORMATS = ("dtype", "fp8_e4m3fn", "nf4")
+
+
+def full_precision_patterns() -> tuple[str, ...]:
+    """Layers fp8 and NF4 leave in the compute dtype (names searched with these patterns): the
+    subject-attention layers (small, and the adapter was trained with them in bf16), and the norms,
+    embeddings and in/out projections diffusers keeps in layerwise casting."""
+    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
+
+    return (*DEFAULT_SKIP_MODULES_PATTERN, "processor")
 
 
 def store_in_fp8(transformer, compute_dtype: torch.dtype) -> None:
     """The FLUX transformer's weights stay in fp8 and are cast to `compute_dtype` layer by layer as
-    they run (half the VRAM of bf16). The subject-attention layers, norms and embeddings keep their
-    precision: they are small and the adapter was trained with them in bf16."""
-    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
-
+    they run (half the VRAM of bf16)."""
     transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype,
-                                         skip_modules_pattern=(*DEFAULT_SKIP_MODULES_PATTERN, "processor"))
+                                         skip_modules_pattern=full_precision_patterns())
+
+
+def import_bitsandbytes():
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise ModelFileError("the NF4 weight format needs bitsandbytes (pip install bitsandbytes) and a CUDA GPU; "
+                             "choose fp8_e4m3fn or a GGUF file instead") from None
+    return bitsandbytes
+
+
+def store_in_nf4(transformer, compute_dtype: torch.dtype, device: torch.device) -> None:
+    """The FLUX transformer's linear layers in bitsandbytes NF4 (4-bit NormalFloat, blocks of 64 with
+    their own scale; a quarter of bf16's VRAM), dequantized to `compute_dtype` as they run. Each layer
+    is quantized on `device` (the GPU's kernels are fast) and kept on the CPU until the memory mode
+    places it."""
+    bnb = import_bitsandbytes()
+    kept = full_precision_patterns()
+    linears = [(name, module) for name, module in transformer.named_modules()
+               if type(module) is torch.nn.Linear and not any(re.search(p, name) for p in kept)]
+    for name, linear in linears:
+        quantized = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                                      compute_dtype=compute_dtype, quant_type="nf4", device="meta")
+        quantized.weight = bnb.nn.Params4bit(linear.weight.data, requires_grad=False, quant_type="nf4")
+        if linear.bias is not None:
+            quantized.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
+        quantized = quantized.to(device).to("cpu")
+        parent, _, child = name.rpartition(".")
+        setattr(transformer.get_submodule(parent) if parent else transformer, child, quantized)
 
 
 def build_pipeline(files: InstantCharacterFiles, device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.float32, memory: str = "resident", weight_format: str = "dtype",
                    host=None):
     """Everything loaded, checked and assembled into an InstantCharacterPipeline. `weight_format`
-    "fp8_e4m3fn" stores the FLUX transformer in fp8 (computed in `dtype`). `host`: a
+    "fp8_e4m3fn" stores the FLUX transformer in fp8, "nf4" in bitsandbytes NF4 (both computed in
+    `dtype`). `host`: a
     memory.DeviceHost that shares the device with other models (ComfyUI's model management)."""
     from diffusers import FluxPipeline
 
@@ -392,17 +429,21 @@ def build_pipeline(files: InstantCharacterFiles, device: torch.device | str = "c
 
     if weight_format not in WEIGHT_FORMATS:
         raise ValueError(f"weight format {weight_format!r} is not one of {', '.join(WEIGHT_FORMATS)}")
+    if weight_format == "nf4":
+        import_bitsandbytes()                          # before any weight loads
     files.check()
     tokenizers = load_tokenizers(files.clip_tokenizer, files.t5_tokenizer)
     adapter = build_adapter(read_state(files.adapter, "InstantCharacter adapter"), dtype)
     encoders = load_image_encoders(files.siglip, files.dinov2, dtype)
     flux = FluxPipeline(**load_flux(files.flux, dtype, tokenizers))
     install_adapter(flux.transformer, adapter, encoders, files.adapter)
-    if weight_format == "fp8_e4m3fn":
-        if any(is_quantized(p) for p in flux.transformer.parameters()):
-            raise ModelFileError("fp8 storage: the FLUX transformer is a GGUF file, which is already quantized")
-        store_in_fp8(flux.transformer, dtype)
     device = torch.device(device)
+    if weight_format != "dtype" and any(is_quantized(p) for p in flux.transformer.parameters()):
+        raise ModelFileError(f"{weight_format}: the FLUX transformer is a GGUF file, which is already quantized")
+    if weight_format == "fp8_e4m3fn":
+        store_in_fp8(flux.transformer, dtype)
+    elif weight_format == "nf4":
+        store_in_nf4(flux.transformer, dtype, device)
     components = [flux.transformer, flux.vae, flux.text_encoder, flux.text_encoder_2, encoders.siglip,
                   encoders.dinov2, adapter.projector]
     placement = apply_memory_mode(memory, device, components, streamed=(flux.transformer, flux.text_encoder_2),
