@@ -8,13 +8,9 @@ code (which is not redistributed, and not installable from a package registry).
 
 The reference runs unmodified: its own pipeline class, projector and attention processors, with the
 tiny weights of tests/instantcharacter_models.py (the same tensors the tests load into the pack).
-Three things are supplied around it:
-- its projector and processors are constructed with the tiny sizes (instead of its
-  `init_ccp_and_attn_processor`, which builds 2688-wide modules), then loaded with strict=True;
-- its only timm import (`timm.models.vision_transformer.Mlp`, fc1 → GELU-tanh → fc2) is served by
-  a stand-in module written to a temporary folder, so installing timm (and torchvision) is not needed;
-- the typing names (Union, List, …) its star import took from diffusers' FLUX module, which newer
-  diffusers no longer imports there.
+Its projector and processors are constructed with the tiny sizes (instead of its
+`init_ccp_and_attn_processor`, which builds 2688-wide modules), then loaded with strict=True; its
+import needs two stand-ins (tests/instantcharacter_reference_code.py says which).
 Image processors are the slow (PIL) ones, as `AutoImageProcessor` gave at the reference's time.
 
 Writes tests/data/instantcharacter_reference.json.
@@ -24,7 +20,6 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -32,51 +27,21 @@ sys.path[:0] = [str(REPO_ROOT / "tests"), str(REPO_ROOT)]
 
 OUT = REPO_ROOT / "tests" / "data" / "instantcharacter_reference.json"
 
-TIMM_STAND_IN = '''
-from torch import nn
-
-
-class Mlp(nn.Module):
-    def __init__(self, in_features, hidden_features=None, out_features=None, act_layer=nn.GELU, drop=0.0, **_):
-        super().__init__()
-        hidden_features = hidden_features or in_features
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = act_layer()
-        self.fc2 = nn.Linear(hidden_features, out_features or in_features)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
-'''
-
 
 def main() -> int:
     if len(sys.argv) != 2:
         print(__doc__)
         return 2
-    reference_repo = Path(sys.argv[1]).resolve()
-    shim = Path(tempfile.mkdtemp(prefix="timm-stand-in-"))
-    (shim / "timm" / "models").mkdir(parents=True)
-    (shim / "timm" / "__init__.py").write_text("")
-    (shim / "timm" / "models" / "__init__.py").write_text("")
-    (shim / "timm" / "models" / "vision_transformer.py").write_text(textwrap.dedent(TIMM_STAND_IN))
-    sys.path[:0] = [str(shim), str(reference_repo)]
-
     import torch
     from transformers import BitImageProcessor, Dinov2Model, SiglipImageProcessor, SiglipVisionModel
 
-    # the reference takes typing names from diffusers' FLUX module by a star import; newer diffusers
-    # no longer imports them there, so put them back (nothing else is changed)
-    import typing
-
-    import diffusers.pipelines.flux.pipeline_flux as flux_module
-    for name in ("Any", "Callable", "Dict", "List", "Optional", "Union"):
-        setattr(flux_module, name, getattr(typing, name))
-
     import instantcharacter_fidelity as cases
     import instantcharacter_models as tiny
-    from models.attn_processor import FluxIPAttnProcessor          # the reference's own modules
-    from models.resampler import CrossLayerCrossScaleProjector
-    from pipeline import InstantCharacterFluxPipeline
+    from instantcharacter_reference_code import import_reference
+
+    reference = import_reference(Path(sys.argv[1]))
+    InstantCharacterFluxPipeline = reference.pipeline
+    CrossLayerCrossScaleProjector, FluxIPAttnProcessor = reference.projector, reference.processor
 
     files = tiny.build_tiny_files(Path(tempfile.mkdtemp(prefix="tiny-instantcharacter-")))
     pipe = InstantCharacterFluxPipeline.from_pretrained(str(files.diffusers_folder), torch_dtype=torch.float32,

@@ -309,15 +309,7 @@ def load_flux(files: FluxFiles, dtype: torch.dtype, tokenizers) -> dict:
 
 
 def load_image_encoders(siglip_folder: Path, dinov2_folder: Path, dtype: torch.dtype):
-    from transformers import BitImageProcessor, Dinov2Model, SiglipImageProcessor, SiglipVisionModel
-
-    from .features import DINOV2_SHALLOW_LAYERS, SIGLIP_SHALLOW_LAYERS, VIEW, check_encoder_depth
-    from .pipeline import ImageEncoders
-
-    def processor(cls, folder: Path, shipped: str):
-        if (Path(folder) / "preprocessor_config.json").is_file():
-            return cls.from_pretrained(str(folder), local_files_only=True)
-        return cls(**{k: v for k, v in shipped_config(shipped).items() if k != "image_processor_type"})
+    from transformers import Dinov2Model, SiglipVisionModel
 
     try:
         siglip = SiglipVisionModel.from_pretrained(str(siglip_folder), torch_dtype=dtype, local_files_only=True)
@@ -327,6 +319,22 @@ def load_image_encoders(siglip_folder: Path, dinov2_folder: Path, dtype: torch.d
         dinov2 = Dinov2Model.from_pretrained(str(dinov2_folder), torch_dtype=dtype, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ModelFileError(f"DINOv2: cannot load {dinov2_folder} ({str(exc)[:200]})") from None
+    return image_encoders(siglip, dinov2, siglip_folder, dinov2_folder)
+
+
+def image_encoders(siglip, dinov2, siglip_folder: Path | None = None, dinov2_folder: Path | None = None):
+    """The encoders with their image processors: a folder's own preprocessor config where it has one,
+    else the shipped one (the released models' settings)."""
+    from transformers import BitImageProcessor, SiglipImageProcessor
+
+    from .features import DINOV2_SHALLOW_LAYERS, SIGLIP_SHALLOW_LAYERS, VIEW, check_encoder_depth
+    from .pipeline import ImageEncoders
+
+    def processor(cls, folder: Path | None, shipped: str):
+        if folder is not None and (Path(folder) / "preprocessor_config.json").is_file():
+            return cls.from_pretrained(str(folder), local_files_only=True)
+        return cls(**{k: v for k, v in shipped_config(shipped).items() if k != "image_processor_type"})
+
     check_encoder_depth("SigLIP", siglip.config.num_hidden_layers, SIGLIP_SHALLOW_LAYERS)
     check_encoder_depth("DINOv2", dinov2.config.num_hidden_layers, DINOV2_SHALLOW_LAYERS)
     dinov2_processor = processor(BitImageProcessor, dinov2_folder, "dinov2_preprocessor.json")
@@ -419,24 +427,37 @@ def build_pipeline(files: InstantCharacterFiles, device: torch.device | str = "c
                    host=None):
     """Everything loaded, checked and assembled into an InstantCharacterPipeline. `weight_format`
     "fp8_e4m3fn" stores the FLUX transformer in fp8, "nf4" in bitsandbytes NF4 (both computed in
-    `dtype`). `host`: a
-    memory.DeviceHost that shares the device with other models (ComfyUI's model management)."""
+    `dtype`). `host`: a memory.DeviceHost that shares the device with other models (ComfyUI's model
+    management)."""
     from diffusers import FluxPipeline
 
     from .adapter import build_adapter
-    from ..memory import apply_memory_mode
-    from .pipeline import InstantCharacterPipeline
 
-    if weight_format not in WEIGHT_FORMATS:
-        raise ValueError(f"weight format {weight_format!r} is not one of {', '.join(WEIGHT_FORMATS)}")
-    if weight_format == "nf4":
-        import_bitsandbytes()                          # before any weight loads
+    check_weight_format(weight_format)                 # before any weight loads
     files.check()
     tokenizers = load_tokenizers(files.clip_tokenizer, files.t5_tokenizer)
     adapter = build_adapter(read_state(files.adapter, "InstantCharacter adapter"), dtype)
     encoders = load_image_encoders(files.siglip, files.dinov2, dtype)
     flux = FluxPipeline(**load_flux(files.flux, dtype, tokenizers))
     install_adapter(flux.transformer, adapter, encoders, files.adapter)
+    return assemble_pipeline(flux, encoders, adapter, device, dtype, memory, weight_format, host)
+
+
+def check_weight_format(weight_format: str) -> None:
+    if weight_format not in WEIGHT_FORMATS:
+        raise ValueError(f"weight format {weight_format!r} is not one of {', '.join(WEIGHT_FORMATS)}")
+    if weight_format == "nf4":
+        import_bitsandbytes()
+
+
+def assemble_pipeline(flux, encoders, adapter, device: torch.device | str, dtype: torch.dtype, memory: str,
+                      weight_format: str = "dtype", host=None):
+    """Loaded parts (a FluxPipeline with the adapter installed, the image encoders, the adapter) in
+    the weight format and memory mode: the pipeline. benchmarks/ builds full-size parts for it too."""
+    from ..memory import apply_memory_mode
+    from .pipeline import InstantCharacterPipeline
+
+    check_weight_format(weight_format)
     device = torch.device(device)
     if weight_format != "dtype" and any(is_quantized(p) for p in flux.transformer.parameters()):
         raise ModelFileError(f"{weight_format}: the FLUX transformer is a GGUF file, which is already quantized")
