@@ -170,7 +170,7 @@ def full_size(args) -> None:
                     processor = FaceAttnProcessor(hidden, 2048)
                     state.update({f"ip_adapter.{index}.{k}": v for k, v in processor.state_dict().items()})
         adapter = build_face_adapter(state, unet, dtype)
-        tokenizer, _ = load_sdxl_tokenizers(comfy_tokenizer_dirs()[0])
+        tokenizer, _ = load_sdxl_tokenizers(args.tokenizer or comfy_tokenizer_dirs()[0])
         return SDXLModels(unet, controlnet, vae, first, second, tokenizer, shipped_config("sdxl_scheduler.json")), adapter
 
     face = FaceConditioning(cases.face_embedding() * 20, cases.KPS, cases.CANVAS, cases.BBOX).on_canvas(size, size)
@@ -213,6 +213,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--memory-mode", help="one memory mode only (default: resident, model and group offload)")
+    parser.add_argument("--tokenizer", type=Path, help="CLIP tokenizer folder (default: ComfyUI's sd1_tokenizer)")
     args = parser.parse_args()
     full_size(args) if args.full_size else tiny(args)
     return 0
