@@ -1,7 +1,7 @@
 """The local pipelines' device host (pipelines/local/memory.DeviceHost) over ComfyUI's model
 management: ComfyUI makes room before the pack's weights move to the GPU, counts a resident
-pipeline among its loaded models, and may unload it — "Unload models" in the queue menu, POST /free,
-or another model needing the room; the pipeline's next phase brings the weights back."""
+pipeline's parts among its loaded models, and may unload them — "Unload models" in the queue menu,
+POST /free, or another model needing the room; a part's next phase brings its weights back."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -13,9 +13,9 @@ import comfy.model_patcher
 
 
 class PipelineWeights(torch.nn.Module):
-    """A resident pipeline's components as one model ComfyUI manages. ComfyUI's patcher keeps its
-    bookkeeping in attributes of the module it manages (`device` among them), which diffusers models
-    have read-only: hence this holder around them."""
+    """The modules of one phase of a resident pipeline, as one model ComfyUI manages. ComfyUI's
+    patcher keeps its bookkeeping in attributes of the module it manages (`device` among them), which
+    diffusers models have read-only: hence this holder around them."""
 
     def __init__(self, modules: Sequence[torch.nn.Module]):
         super().__init__()
@@ -33,21 +33,23 @@ class InstantIDWeights(PipelineWeights):
 
 
 class ComfyModelManagement:
-    """Held by one loaded pipeline (the loader's output): ComfyUI's patcher for its resident weights
-    lives as long as the pipeline does, and ComfyUI forgets it when the loader's output is dropped."""
+    """Held by one loaded pipeline (the loader's output). Each phase's modules (text encoders, image
+    encoders, denoiser, VAE) are one model to ComfyUI, as its own CLIP, UNet and VAE are: it keeps
+    them all loaded while they fit and unloads the least needed to make room. Their patchers live as
+    long as the pipeline does; ComfyUI forgets them when the loader's output is dropped."""
 
     def __init__(self, holder: type[PipelineWeights]):
         self.holder = holder
-        self.patcher: comfy.model_patcher.ModelPatcher | None = None
+        self.patchers: dict[tuple[int, ...], comfy.model_patcher.ModelPatcher] = {}
 
     def make_room(self, nbytes: int, device: torch.device) -> None:
         if device.type != "cpu":
             mm.free_memory(nbytes, device)
 
     def keep_resident(self, modules: Sequence[torch.nn.Module], device: torch.device) -> None:
-        if self.patcher is None:
-            self.patcher = comfy.model_patcher.ModelPatcher(self.holder(modules), load_device=device,
-                                                            offload_device=mm.unet_offload_device())
+        key = tuple(id(module) for module in modules)
+        if key not in self.patchers:
+            self.patchers[key] = comfy.model_patcher.ModelPatcher(self.holder(modules), load_device=device,
+                                                                  offload_device=mm.unet_offload_device())
         # whole: a part left on the CPU would be computed on with the rest on the GPU
-        mm.load_models_gpu([self.patcher], force_full_load=True)
-
+        mm.load_models_gpu([self.patchers[key]], force_full_load=True)

@@ -278,21 +278,21 @@ class RecordingHost:
         self.room_asked.append((nbytes, device))
 
 
-def test_a_resident_pipeline_asks_its_host_for_the_device_before_every_phase(files):
+def test_a_resident_pipeline_asks_its_host_for_each_phases_modules(files):
     host = RecordingHost()
     pipe = build_pipeline(pipeline_files(files), host=host)
     assert host.resident_calls == []                       # loading places nothing: the host does
     case = cases.CASES["strong_subject_square"]
     run_case(pipe, case, "latent")
-    components = {id(m) for m in (pipe.flux.transformer, pipe.flux.vae, pipe.flux.text_encoder,
-                                  pipe.flux.text_encoder_2, pipe.encoders.siglip, pipe.encoders.dinov2,
-                                  pipe.adapter.projector)}
-    # text, reference, denoising (latents out: no decoding): every phase, with every component at once
-    assert len(host.resident_calls) == 3
-    assert all({id(m) for m in modules} == components and device == torch.device("cpu")
-               for modules, device in host.resident_calls)
+    asked = [[id(m) for m in modules] for modules, _ in host.resident_calls]
+    # text, reference, denoising (latents out: no decoding), each phase with its own modules
+    assert asked == [[id(pipe.flux.text_encoder), id(pipe.flux.text_encoder_2)],
+                     [id(pipe.encoders.siglip), id(pipe.encoders.dinov2)],
+                     [id(pipe.flux.transformer), id(pipe.adapter.projector)]]
+    assert {device for _, device in host.resident_calls} == {torch.device("cpu")}
     run_case(pipe, case, "latent", seed=case.seed + 1)    # prompt and reference cached: denoising only
     assert len(host.resident_calls) == 4 and host.room_asked == []
+    assert [id(m) for m in host.resident_calls[-1][0]] == asked[-1]
 
 
 def _resident_megabytes() -> float:

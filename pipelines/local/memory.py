@@ -11,8 +11,8 @@ On a CPU-only machine every mode computes on the CPU and gives the same result.
 
 A `DeviceHost` is whoever else uses the device: inside ComfyUI its model management (the nodes give
 one), so that ComfyUI makes room before a phase moves weights in, and can take a resident pipeline's
-weights off the device ("Unload models", or another model needing the room) — they come back at the
-next phase. Without a host (a script) the pipeline has the device to itself.
+weights off the device, phase by phase ("Unload models", or another model needing the room) — they
+come back when their phase next runs. Without a host (a script) the pipeline has the device to itself.
 """
 from __future__ import annotations
 
@@ -32,25 +32,26 @@ class DeviceHost(Protocol):
         """Free `nbytes` on `device` (others' models unloaded) before a phase moves weights in."""
 
     def keep_resident(self, modules: Sequence[torch.nn.Module], device: torch.device) -> None:
-        """Make sure `modules` are on `device` (the host may have taken them off), registered as one
-        model the host may unload when it needs the room."""
+        """Make sure a phase's `modules` are on `device` (the host may have taken them off): one
+        model to the host, which keeps it there while the room lasts and may unload it (the text
+        encoders, say) to make room for another phase's."""
 
 
 @dataclass
 class Placement:
     """Puts a phase's components on the compute device: with offloading, moves them there for the
-    phase and back; resident, asks the host to keep every component there."""
+    phase and back; resident, leaves them there (asking the host, where there is one, to put them
+    back if it took them off)."""
 
     device: torch.device
     offload: bool
-    components: tuple = ()                # every model of the pipeline (what resident keeps)
     host: DeviceHost | None = None
 
     @contextlib.contextmanager
     def on_device(self, *modules):
         if not self.offload or self.device.type == "cpu":
-            if self.host is not None and self.components:
-                self.host.keep_resident(self.components, self.device)
+            if self.host is not None:
+                self.host.keep_resident([m for m in modules if m is not None], self.device)
             yield
             return
         moved = [m for m in modules if m is not None and not _streams_itself(m)]
@@ -80,7 +81,7 @@ def apply_memory_mode(mode: str, device: torch.device, components: Iterable[torc
                       streamed: Iterable[torch.nn.Module], host: DeviceHost | None = None) -> Placement:
     """`components`: every model of the pipeline; `streamed`: the large ones that group offloading
     streams block by block. Resident with a `host`: the weights stay where they were loaded (the CPU)
-    until the first phase asks the host for them, so the host accounts for every byte it places."""
+    until their phase first asks the host for them, so the host accounts for every byte it places."""
     if mode not in MEMORY_MODES:
         raise ValueError(f"memory mode {mode!r} is not one of {', '.join(MEMORY_MODES)}")
     components = tuple(components)
@@ -88,7 +89,7 @@ def apply_memory_mode(mode: str, device: torch.device, components: Iterable[torc
         if host is None:
             for module in components:
                 module.to(device)
-        return Placement(device, offload=False, components=components, host=host)
+        return Placement(device, offload=False, host=host)
     if mode in ("group_offload", "sequential_offload"):
         from diffusers.hooks import apply_group_offloading
 
@@ -98,7 +99,7 @@ def apply_memory_mode(mode: str, device: torch.device, components: Iterable[torc
             apply_group_offloading(module, onload_device=device, offload_device=torch.device("cpu"),
                                    use_stream=device.type == "cuda", **options)
             module._character_identity_streams = True
-    return Placement(device, offload=True, components=components, host=host)
+    return Placement(device, offload=True, host=host)
 
 
 def out_of_memory(backend: str, mode: str) -> MemoryError:
