@@ -4,12 +4,15 @@ pipeline's parts among its loaded models, and may unload them — "Unload models
 POST /free, or another model needing the room; a part's next phase brings its weights back."""
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
 
 import comfy.model_management as mm
 import comfy.model_patcher
+
+log = logging.getLogger("character_identity")
 
 
 class PipelineWeights(torch.nn.Module):
@@ -41,15 +44,28 @@ class ComfyModelManagement:
     def __init__(self, holder: type[PipelineWeights]):
         self.holder = holder
         self.patchers: dict[tuple[int, ...], comfy.model_patcher.ModelPatcher] = {}
+        self.unmanaged = False          # set when this ComfyUI's model management refused the weights
 
     def make_room(self, nbytes: int, device: torch.device) -> None:
         if device.type != "cpu":
             mm.free_memory(nbytes, device)
 
     def keep_resident(self, modules: Sequence[torch.nn.Module], device: torch.device) -> None:
-        key = tuple(id(module) for module in modules)
-        if key not in self.patchers:
-            self.patchers[key] = comfy.model_patcher.ModelPatcher(self.holder(modules), load_device=device,
-                                                                  offload_device=mm.unet_offload_device())
-        # whole: a part left on the CPU would be computed on with the rest on the GPU
-        mm.load_models_gpu([self.patchers[key]], force_full_load=True)
+        if not self.unmanaged:
+            try:
+                key = tuple(id(module) for module in modules)
+                if key not in self.patchers:
+                    self.patchers[key] = comfy.model_patcher.ModelPatcher(
+                        self.holder(modules), load_device=device, offload_device=mm.unet_offload_device())
+                # whole: a part left on the CPU would be computed on with the rest on the GPU
+                mm.load_models_gpu([self.patchers[key]], force_full_load=True)
+                return
+            except (TypeError, AttributeError) as exc:
+                # a ComfyUI whose model management works differently (this is tested on 0.3.75): the
+                # run goes on with the weights held by the pipeline, as outside ComfyUI
+                self.unmanaged = True
+                log.warning("Character Identity: ComfyUI's model management did not take the %s weights (%s: %s); "
+                            "they stay on %s outside it, and 'Unload models' will not free them (the loader's "
+                            "cache does)", self.holder.__name__, type(exc).__name__, exc, device)
+        for module in modules:
+            module.to(device)

@@ -270,6 +270,7 @@ def test_comfyui_manages_a_resident_pipeline_and_unload_models_frees_it(comfyui,
     assert comfyui.log_text().count(request) == before + 4          # its four phases placed
     comfyui.run(graph(comfyui, reference_name, {"2": local_node(seed=12)}, loader))
     assert comfyui.log_text().count(request) == before + 4          # still loaded: none placed again
+    assert "model management did not take" not in comfyui.log_text()    # managed, not the fallback
 
     assert comfyui.post_json("/free", {"unload_models": True})[0] == 200
     time.sleep(1.5)             # the idle prompt worker wakes on the flag and unloads before the next prompt
