@@ -91,14 +91,17 @@ def randomized(make, device, dtype):
                 if not name.endswith("position_ids"):
                     raise RuntimeError(f"no rule for the buffer {name}")
                 tensor.copy_(torch.arange(tensor.shape[-1], device=device).expand_as(tensor))
-            elif tensor.ndim >= 2:
-                tensor.normal_(0, tensor[0].numel() ** -0.5)
-            elif name.endswith("bias"):
-                tensor.zero_()
             else:
-                tensor.fill_(1.0)
+                fill_random_(name, tensor)
     # torch's own .to: diffusers' override warns about from_pretrained, which is not how these are made
     return torch.nn.Module.to(module, dtype).eval().requires_grad_(False)
+
+
+def fill_random_(name: str, tensor) -> None:
+    if tensor.ndim >= 2:
+        tensor.normal_(0, tensor[0].numel() ** -0.5)
+    else:
+        tensor.fill_(0.0 if name.endswith("bias") else 1.0)
 
 
 def full_size_parts(scale: str, device, dtype, tokenizer_dirs):
@@ -137,10 +140,7 @@ def full_size_parts(scale: str, device, dtype, tokenizer_dirs):
                  for part, shapes in layout["official_layout"].items()}
         for part in state.values():
             for key, tensor in part.items():
-                if tensor.ndim >= 2:
-                    tensor.normal_(0, tensor[0].numel() ** -0.5)
-                else:
-                    tensor.fill_(0.0 if key.endswith("bias") else 1.0)
+                fill_random_(key, tensor)
     adapter = build_adapter(state, dtype)
     encoders = image_encoders(siglip, dinov2)
     clip_tokenizer, t5_tokenizer = load_tokenizers(*tokenizer_dirs)
@@ -157,17 +157,13 @@ def reference_pipeline(code, flux, encoders, adapter):
     import torch
 
     ours = dict(flux.transformer.attn_processors)
-    size = adapter.projector.size
-    if size.feature_dim == 1152 + 1536:
-        projector = code.projector()                               # its defaults are the released sizes
-    else:
-        r = size.resampler
-        projector = code.projector(
-            inner_dim=size.feature_dim, num_attention_heads=size.feature_heads, attention_head_dim=64,
-            cross_attention_dim=size.feature_dim, num_layers=size.feature_layers, dim=r.dim, depth=r.depth,
-            dim_head=64, heads=r.heads, num_queries=r.num_queries, embedding_dim=size.feature_dim,
-            output_dim=r.output_dim, ff_mult=4, timestep_in_dim=r.timestep_dim, timestep_flip_sin_to_cos=True,
-            timestep_freq_shift=0)
+    size, r = adapter.projector.size, adapter.projector.size.resampler
+    projector = code.projector(   # the sizes our adapter read from its weights (at full size: its defaults)
+        inner_dim=size.feature_dim, num_attention_heads=size.feature_heads, attention_head_dim=64,
+        cross_attention_dim=size.feature_dim, num_layers=size.feature_layers, dim=r.dim, depth=r.depth,
+        dim_head=64, heads=r.heads, num_queries=r.num_queries, embedding_dim=size.feature_dim,
+        output_dim=r.output_dim, ff_mult=4, timestep_in_dim=r.timestep_dim, timestep_flip_sin_to_cos=True,
+        timestep_freq_shift=0)
     device = flux.transformer.device
     dtype = flux.transformer.dtype
     projector.load_state_dict(adapter.projector.state_dict(), strict=True)

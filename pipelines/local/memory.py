@@ -84,7 +84,6 @@ def apply_memory_mode(mode: str, device: torch.device, components: Iterable[torc
     until their phase first asks the host for them, so the host accounts for every byte it places."""
     if mode not in MEMORY_MODES:
         raise ValueError(f"memory mode {mode!r} is not one of {', '.join(MEMORY_MODES)}")
-    components = tuple(components)
     if mode == "resident" or device.type == "cpu":
         if host is None:
             for module in components:
