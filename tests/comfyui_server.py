@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -22,6 +23,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PACK_NAME = "comfyui-character-identity"
 PACK_MODULE = f"custom_nodes.{PACK_NAME}"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
+# ComfyUI since 2026-05 ("Add colored logs") starts every log line with a coloured level tag,
+# "\x1b[32m[INFO]\x1b[0m " (also when its output is a file); 0.3.75 printed the bare message.
+LOG_LEVEL_TAG = re.compile(r"^(?:\x1b\[[0-9;]*m)*\[(?:DEBUG|DETAIL|INFO|WARNING|ERROR|CRITICAL)\](?:\x1b\[0m)? ", re.M)
+ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def comfyui_dir() -> Path:
@@ -86,7 +91,10 @@ class ComfyUIServer:
                 self.process.wait()
 
     def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """The server's log as the messages ComfyUI printed: level tags and colours removed, so the
+        same text reads the same on every ComfyUI version (the file on disk keeps them)."""
+        raw = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return ANSI_STYLE.sub("", LOG_LEVEL_TAG.sub("", raw))
 
     def keep_log(self, name: str) -> Path:
         ARTIFACTS.mkdir(exist_ok=True)

@@ -17,6 +17,7 @@ The vocabularies are full size, so the tokenizers ComfyUI ships drive these mode
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import zlib
@@ -184,7 +185,9 @@ def _comfy_modules():
 
 def bfl_transformer_state(model) -> dict:
     """A diffusers FLUX transformer's weights in the BFL layout (as flux1-dev.safetensors holds them),
-    through ComfyUI's own diffusers→BFL key map."""
+    through ComfyUI's own diffusers→BFL key map. The q/k RMSNorm weights are named `*_norm.scale`
+    as in BFL's files, whatever the map says: ComfyUI since 2026-02 ("Use torch RMSNorm for flux
+    models") maps them to `*_norm.weight`, its own module name, not the name in the released files."""
     comfy_utils, _ = _comfy_modules()
     config = model.config
     key_map = comfy_utils.flux_to_diffusers({"depth": config.num_layers, "depth_single_blocks": config.num_single_layers,
@@ -208,7 +211,7 @@ def bfl_transformer_state(model) -> dict:
         out[name] = torch.cat([tensor for _, tensor in sorted(parts, key=lambda part: part[0])], dim=0)
     missing = set(source) - set(key_map)
     assert not missing, f"ComfyUI's map lacks {sorted(missing)[:3]}"
-    return out
+    return {re.sub(r"_norm\.weight$", "_norm.scale", key): value for key, value in out.items()}
 
 
 def scaled_fp8(state: dict) -> dict:

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from cloud_helpers import TEST_KEYS
-from comfyui_server import ARTIFACTS, PACK_NAME, REPO_ROOT
+from comfyui_server import ARTIFACTS, PACK_NAME, REPO_ROOT, comfyui_dir
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.browser]
 
@@ -27,7 +27,7 @@ EXTENSION_URL_PART = f"/extensions/{PACK_NAME}/"
 PACK_READY = "() => window.app?.graph && window.app.extensions?.some(e => e.name === 'CharacterIdentity.ui')"
 
 
-NEWEST_FRONTENDS = REPO_ROOT / ".comfyui" / "frontend-newest"
+NEWEST_FRONTENDS = comfyui_dir() / "frontend-newest"         # scripts/setup.sh --test unpacks it beside ComfyUI
 
 
 @pytest.fixture(scope="module", params=["bundled", "newest"])
