@@ -41,8 +41,12 @@ class ComfyRunContext:
             self.bar.update_absolute(done, total, image)
         except comfy.model_management.InterruptProcessingException:
             # ComfyUI's progress hook clears its interrupt flag before raising this, so the Cancel
-            # must be remembered here or it is lost (and a billable submit would go out next)
+            # must be remembered here or it is lost (and a billable submit would go out next) — and
+            # set again for the prompt's other nodes running meanwhile: a local generator waiting
+            # for the device must see it before this one gives the device back. (Each prompt
+            # starts by clearing the flag, so it cannot reach the next one.)
             self.cancel_seen = True
+            comfy.model_management.interrupt_current_processing(True)
 
     def interrupted(self) -> bool:
         return self.cancel_seen or comfy.model_management.processing_interrupted()

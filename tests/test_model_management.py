@@ -1,7 +1,9 @@
 """The local pipelines' device host over ComfyUI's real model management (comfy.model_management of
 the ComfyUI the tests install), driven in a separate Python so its global state stays out of the
 test process: the parts become ComfyUI loaded models, unloading takes them off, and a ComfyUI whose
-model management refuses them still gets its images (a warning says what no longer applies)."""
+model management refuses them still gets its images (a warning says what no longer applies), the
+room asked before an offloaded phase includes ComfyUI's own inference margin, and every pipeline
+of the process meets one queue per device."""
 from __future__ import annotations
 
 import json
@@ -10,17 +12,25 @@ import sys
 
 from comfyui_server import REPO_ROOT, comfyui_dir
 
-SCRIPT = r"""
-import importlib.util, json, logging, sys
+# the pack's nodes/model_management.py as ComfyUI imports it (inside the pack's package), without
+# running nodes/__init__.py (which registers every node)
+IMPORT_HOST = r"""
+import importlib, sys, types
 sys.path.append(sys.argv[1])
+for name, folder in (("charid", sys.argv[2]), ("charid.nodes", sys.argv[2] + "/nodes")):
+    package = types.ModuleType(name)
+    package.__path__ = [folder]
+    sys.modules[name] = package
+"""
+
+SCRIPT = IMPORT_HOST + r"""
+import json, logging
 import comfy.cli_args
 comfy.cli_args.args.cpu = True                     # as ComfyUI started with --cpu on this machine
 import comfy.model_management as mm
 import torch
 
-spec = importlib.util.spec_from_file_location("charid_model_management", sys.argv[2])
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
+module = importlib.import_module("charid.nodes.model_management")
 
 warnings = []
 logging.getLogger("character_identity").addHandler(
@@ -57,9 +67,8 @@ print("REPORT " + json.dumps(report))
 """
 
 
-def run_host_script() -> dict:
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(comfyui_dir() / "ComfyUI"),
-                             str(REPO_ROOT / "nodes" / "model_management.py")],
+def run_host_script(script: str = SCRIPT) -> dict:
+    result = subprocess.run([sys.executable, "-c", script, str(comfyui_dir() / "ComfyUI"), str(REPO_ROOT)],
                             capture_output=True, text=True, timeout=300)
     lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
     assert result.returncode == 0 and lines, result.stderr[-3000:]
@@ -83,3 +92,48 @@ def test_a_comfyui_that_refuses_the_weights_still_runs_and_says_so_once():
     [warning] = report["warnings"]
     assert "did not take the InstantIDWeights weights" in warning and "force_full_load" in warning
     assert "'Unload models' will not free them" in warning
+
+
+MARGIN_SCRIPT = IMPORT_HOST + r"""
+import json
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+comfy.cli_args.args.reserve_vram = 2.0             # a user's --reserve-vram 2, read as ComfyUI reads it
+import comfy.model_management as mm
+import torch
+
+module = importlib.import_module("charid.nodes.model_management")
+asked = []
+mm.free_memory = lambda memory_required, device, keep_loaded=[]: asked.append((memory_required, str(device)))
+host = module.ComfyModelManagement(module.InstantCharacterWeights)
+weights = 3 * 1024**3
+host.make_room(weights, torch.device("cuda", 0))   # an offloaded phase about to move 3 GiB in (the GPU faked)
+host.make_room(weights, torch.device("cpu"))       # nothing to free on the CPU
+report = {"asked": list(asked), "comfyui_margin": mm.minimum_inference_memory(), "reserved": mm.extra_reserved_memory()}
+del mm.minimum_inference_memory                    # a ComfyUI without it: its 0.8 GiB floor + the reserve
+host.make_room(weights, torch.device("cuda", 0))
+report["without_minimum"] = asked[-1][0]
+
+other = module.ComfyModelManagement(module.InstantIDWeights)
+if hasattr(host, "device_queue"):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    report["one_queue_per_device"] = host.device_queue(cpu) is other.device_queue(cpu) and \
+        host.device_queue(gpu) is other.device_queue(gpu)
+    report["devices_apart"] = host.device_queue(gpu) is not host.device_queue(torch.device("cuda", 1))
+print("REPORT " + json.dumps(report))
+"""
+
+
+def test_the_room_asked_of_comfyui_includes_its_inference_margin():
+    """Weight bytes alone would leave no room for the activations: ComfyUI adds its
+    minimum_inference_memory() (0.8 GiB + the --reserve-vram reserve) to every load of its own."""
+    report = run_host_script(MARGIN_SCRIPT)
+    weights, gib = 3 * 1024**3, 1024**3
+    assert report["reserved"] == 2 * gib and report["comfyui_margin"] == 0.8 * gib + 2 * gib
+    assert report["asked"] == [[weights + int(report["comfyui_margin"]), "cuda:0"]]
+    assert report["without_minimum"] == weights + int(0.8 * gib) + 2 * gib
+
+
+def test_every_pipeline_meets_one_queue_per_device():
+    report = run_host_script(MARGIN_SCRIPT)
+    assert report.get("one_queue_per_device") and report.get("devices_apart")

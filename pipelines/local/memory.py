@@ -12,7 +12,8 @@ On a CPU-only machine every mode computes on the CPU and gives the same result.
 A `DeviceHost` is whoever else uses the device: inside ComfyUI its model management (the nodes give
 one), so that ComfyUI makes room before a phase moves weights in, and can take a resident pipeline's
 weights off the device, phase by phase ("Unload models", or another model needing the room) — they
-come back when their phase next runs. Without a host (a script) the pipeline has the device to itself.
+come back when their phase next runs. The host also keeps the device's queue (device_queue.py): one
+local generation at a time on a device. Without a host (a script) the pipeline has the device to itself.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from typing import Iterable, Protocol, Sequence
 
 import torch
 
+from .device_queue import DeviceQueue
+
 MEMORY_MODES = ("resident", "model_offload", "group_offload", "sequential_offload")
 # what to try next when a mode runs out of memory
 NEXT_MODE = {"resident": "model_offload", "model_offload": "group_offload", "group_offload": "sequential_offload"}
@@ -29,12 +32,24 @@ NEXT_MODE = {"resident": "model_offload", "model_offload": "group_offload", "gro
 
 class DeviceHost(Protocol):
     def make_room(self, nbytes: int, device: torch.device) -> None:
-        """Free `nbytes` on `device` (others' models unloaded) before a phase moves weights in."""
+        """Before a phase moves `nbytes` of weights in: free that much on `device` (others' models
+        unloaded) plus the working memory the phase computes in — the host's own inference margin,
+        as it keeps for its own models."""
 
     def keep_resident(self, modules: Sequence[torch.nn.Module], device: torch.device) -> None:
         """Make sure a phase's `modules` are on `device` (the host may have taken them off): one
         model to the host, which keeps it there while the room lasts and may unload it (the text
         encoders, say) to make room for another phase's."""
+
+    def device_queue(self, device: torch.device) -> DeviceQueue:
+        """The turns on `device`, one queue for every local pipeline of the process."""
+
+
+def device_queue_of(placement: "Placement") -> DeviceQueue | None:
+    """The queue of the host a pipeline shares its device with; None without one (or with a host
+    that keeps no queue)."""
+    ask = getattr(placement.host, "device_queue", None)
+    return None if ask is None else ask(placement.device)
 
 
 @dataclass

@@ -1,19 +1,22 @@
 """Local InstantCharacter behind the shared generation contract.
 
 The heavy work runs in a worker thread, so the host's event loop stays free (cloud nodes in the
-same ComfyUI prompt keep polling and downloading while the GPU works). Progress and a preview
+same ComfyUI prompt keep polling and downloading while the GPU works), and holds the device's turn
+(device_queue.py): another local generation waits, saying for whom. Progress and a preview
 estimate are reported after every step, and Cancel is checked there: it lands within one step.
 """
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import torch
 
 from ...contract import (BackendLimits, Choice, GenerationBackend, GenerationInterrupted, GenerationRequest,
                          GenerationResult, NumberRange, RunContext, Text)
-from ..memory import out_of_memory
+from ..device_queue import run_on_device
+from ..memory import device_queue_of, out_of_memory
 from .pipeline import DEFAULTS, InstantCharacterPipeline, StepInfo
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF          # torch generators take any 64-bit seed (as ComfyUI's KSampler)
@@ -48,10 +51,11 @@ class LocalInstantCharacter(GenerationBackend):
     async def _run(self, request: GenerationRequest, context: RunContext) -> GenerationResult:
         started = time.monotonic()
         true_cfg = float(request.extras.get("true_cfg_scale") or DEFAULTS["true_cfg_scale"])
+        stop = threading.Event()             # set when the caller is gone (its prompt failed elsewhere)
 
         def on_step(step: StepInfo) -> None:
             context.report_progress(step.step, step.total, step.denoised)
-            if context.interrupted():
+            if context.interrupted() or stop.is_set():
                 raise GenerationInterrupted(f"{self.name}: cancelled at step {step.step}/{step.total}")
 
         lora_path = request.extras.get("lora")
@@ -59,16 +63,21 @@ class LocalInstantCharacter(GenerationBackend):
         strength = 1.0 if strength is None else float(strength)
         trigger = (request.extras.get("lora_trigger") or "").strip()
         prompt = f"{trigger}, {request.prompt}" if trigger else request.prompt      # as the reference does
-        context.report_status(f"{self.name}: generating")
         counters_before = dict(vars(self.pipeline.counters))
-        try:
-            lora = await asyncio.to_thread(self.pipeline.load_lora, lora_path) if lora_path else None
-            images = await asyncio.to_thread(
-                self.pipeline.generate, request.reference, prompt, request.negative_prompt, lora=lora,
-                lora_strength=strength,
+
+        def generate():
+            context.report_status(f"{self.name}: generating")
+            return self.pipeline.generate(
+                request.reference, prompt, request.negative_prompt, lora=lora, lora_strength=strength,
                 width=request.width, height=request.height, seed=request.seed, steps=request.steps,
                 guidance=request.guidance, num_images=request.num_images, subject_scale=request.identity_strength,
                 true_cfg_scale=true_cfg, on_step=on_step)
+
+        try:
+            # reading the LoRA file needs no device: done before waiting for it
+            lora = await asyncio.to_thread(self.pipeline.load_lora, lora_path) if lora_path else None
+            images, device_timings = await run_on_device(device_queue_of(self.pipeline.placement), self.pipeline.device,
+                                                         self.name, context, generate, stop)
         except torch.OutOfMemoryError:
             raise out_of_memory(self.name, self.memory_mode) from None
         counters = {key: value - counters_before[key] for key, value in vars(self.pipeline.counters).items()}
@@ -80,4 +89,4 @@ class LocalInstantCharacter(GenerationBackend):
         if true_cfg <= 1 and request.negative_prompt.strip():
             details["ignored_inputs"] = ["negative_prompt (it takes effect with true_cfg_scale above 1)"]
         return GenerationResult(images=images, backend=self.name, seed=request.seed,
-                                timings={"total": time.monotonic() - started}, details=details)
+                                timings={"total": time.monotonic() - started, **device_timings}, details=details)

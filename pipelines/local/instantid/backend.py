@@ -2,20 +2,25 @@
 names (style, adapter_strength, enhance_face_region, pose_image), so a workflow swaps backends.
 
 Face analysis, then the heavy work, run in a worker thread: the host's event loop stays free
-(cloud nodes in the same ComfyUI prompt keep polling and downloading while the GPU works). A photo
-without a usable face is refused before any denoising step. Progress and a preview estimate are
-reported after every step, and Cancel is checked there: it lands within one step.
+(cloud nodes in the same ComfyUI prompt keep polling and downloading while the GPU works). The heavy
+work holds the device's turn (device_queue.py): another local generation waits, saying for whom.
+Face analysis does not wait for it (onnxruntime's small sessions, no weights of the pipeline's
+moved), so a photo without a usable face is refused at once, before any denoising step. Progress
+and a preview estimate are reported after every step, and Cancel is checked there: it lands within
+one step.
 """
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import torch
 
 from ...contract import (BackendLimits, Choice, Flag, GenerationBackend, GenerationInterrupted, GenerationRequest,
                          GenerationResult, ImageInput, NumberRange, RunContext)
-from ..memory import out_of_memory
+from ..device_queue import run_on_device
+from ..memory import device_queue_of, out_of_memory
 from .pipeline import DEFAULTS, InstantIDPipeline, StepInfo
 from .styles import NO_STYLE, STYLES, apply_style
 
@@ -76,10 +81,11 @@ class LocalInstantID(GenerationBackend):
                   **{k: v for k, v in request.extras.items() if v is not None}}
         pose = request.extras.get("pose_image")
         prompt, negative = apply_style(extras["style"], request.prompt, request.negative_prompt)
+        stop = threading.Event()             # set when the caller is gone (its prompt failed elsewhere)
 
         def on_step(step: StepInfo) -> None:
             context.report_progress(step.step, step.total, step.denoised)
-            if context.interrupted():
+            if context.interrupted() or stop.is_set():
                 raise GenerationInterrupted(f"{self.name}: cancelled at step {step.step}/{step.total}")
 
         context.report_status(f"{self.name}: analysing the face")
@@ -87,15 +93,20 @@ class LocalInstantID(GenerationBackend):
         width, height = output_size(request.width, request.height, face.size)
         if context.interrupted():
             raise GenerationInterrupted(f"{self.name}: cancelled before generating")
-        context.report_status(f"{self.name}: generating {width}x{height}")
         counters_before = dict(vars(self.pipeline.counters))
-        try:
-            images = await asyncio.to_thread(
-                self.pipeline.generate, face, prompt, negative, width=width, height=height, seed=request.seed,
+
+        def generate():
+            context.report_status(f"{self.name}: generating {width}x{height}")
+            return self.pipeline.generate(
+                face, prompt, negative, width=width, height=height, seed=request.seed,
                 steps=request.steps, guidance=request.guidance, num_images=request.num_images,
                 identity_strength=request.identity_strength, adapter_strength=float(extras["adapter_strength"]),
                 enhance_face_region=bool(extras["enhance_face_region"]),
                 scheduler="lcm" if extras["fast_mode"] else "euler", on_step=on_step)
+
+        try:
+            images, device_timings = await run_on_device(device_queue_of(self.pipeline.placement), self.pipeline.device,
+                                                         self.name, context, generate, stop)
         except torch.OutOfMemoryError:
             raise out_of_memory(self.name, self.memory_mode) from None
         counters = {key: value - counters_before[key] for key, value in vars(self.pipeline.counters).items()}
@@ -108,4 +119,4 @@ class LocalInstantID(GenerationBackend):
         if request.guidance <= 1 and request.negative_prompt.strip():
             details["ignored_inputs"] = ["negative_prompt (it takes effect with guidance above 1)"]
         return GenerationResult(images=images, backend=self.name, seed=request.seed,
-                                timings={"total": time.monotonic() - started}, details=details)
+                                timings={"total": time.monotonic() - started, **device_timings}, details=details)
