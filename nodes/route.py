@@ -1,10 +1,14 @@
-"""Local or cloud, decided at run time: the route node takes a local generator's outputs and a cloud
-generator's outputs as lazy inputs and asks ComfyUI for one branch only — so the other costs
-neither credits nor VRAM (its nodes never run).
+"""Local or cloud, decided once per run: the route node takes a local generator's outputs and a cloud
+generator's outputs as lazy inputs, so when it runs neither branch has run yet. It decides then —
+once — and hands ComfyUI the chosen branch's outputs as its own (ComfyUI's node expansion): ComfyUI
+runs that branch and nothing of the other, which costs neither credits nor VRAM.
 
-`auto` picks local when every model file the local branch's loaders name is present and the GPU has
-the free memory asked for; cloud otherwise. `local` / `cloud` force a branch. The choice and its
-reason come out as text, in the info JSON and under the node.
+Deciding in one place, once, is what keeps the answer the one reported: a local run that fills the
+GPU cannot turn the decision into "cloud" halfway and bill the other branch too.
+
+`auto` picks local when everything the local branch needs is there (its loaders' files, see
+availability.py) and the GPU has the free memory asked for; cloud otherwise. `local` / `cloud` force a
+branch. The choice and its reason come out as text and under the node, the moment it is made.
 """
 from __future__ import annotations
 
@@ -12,68 +16,34 @@ import json
 
 from comfy_api.latest import io
 
+from .availability import blockers, is_link, upstream
 from .common import CATEGORY_ROOT, node_id
 
-def _loaders() -> dict:
-    """Loader node id → the class whose `plan(**widgets)` checks its files."""
-    from .face_nodes import FaceModelsLoader
-    from .instantid import InstantIDLoader
-    from .local import InstantCharacterLoader
-
-    return {node_id("InstantCharacterLoader"): InstantCharacterLoader, node_id("InstantIDLoader"): InstantIDLoader,
-            node_id("FaceModelsLoader"): FaceModelsLoader}
+BRANCH_INPUTS = ("images", "info")
 
 
-def upstream(prompt: dict, start: str, input_name: str) -> list[str]:
-    """Every node the given input depends on (breadth first), by id."""
-    node = prompt.get(start, {})
-    link = node.get("inputs", {}).get(input_name)
-    if not (isinstance(link, list) and len(link) == 2):
-        return []
-    seen, queue = [], [str(link[0])]
-    while queue:
-        current = queue.pop(0)
-        if current in seen or current not in prompt:
-            continue
-        seen.append(current)
-        for value in prompt[current].get("inputs", {}).values():
-            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int)):
-                queue.append(str(value[0]))
-    return seen
+def gpu_reading() -> tuple[str, float | None]:
+    """The compute device ComfyUI uses and its free memory in GB (None on the CPU)."""
+    import comfy.model_management as mm
 
-
-def missing_local_files(prompt: dict, route_id: str) -> list[str]:
-    """What the local branch's loaders would miss, one line per loader (empty: all present)."""
-    from ..pipelines.local.faces import FaceAnalysisError
-    from ..pipelines.local.weights import ModelFileError
-
-    loaders = _loaders()
-    problems = []
-    for node in upstream(prompt, route_id, "local_images"):
-        entry = prompt[node]
-        loader = loaders.get(entry.get("class_type"))
-        if loader is None:
-            continue
-        widgets = {k: v for k, v in entry.get("inputs", {}).items() if not isinstance(v, list)}
-        try:
-            loader.plan(**widgets)
-        except (FileNotFoundError, ModelFileError, FaceAnalysisError, TypeError) as exc:
-            problems.append(f"node {node}: {str(exc).splitlines()[0][:300]}")
-    return problems
+    device = mm.get_torch_device()
+    if device.type == "cpu":
+        return "cpu", None
+    return str(device), mm.get_free_memory(device) / 2**30
 
 
 def decide(prefer: str, min_free_vram_gb: float, prompt: dict | None, route_id: str | None):
-    """The facts ComfyUI knows (the local branch's files, the device and its free memory) → a Route."""
-    import comfy.model_management as mm
-
+    """The facts ComfyUI knows (what the local branch lacks, the device and its free memory) → a Route."""
     from ..pipelines.routing import choose_branch
 
     if prefer != "auto":
         return choose_branch(prefer, min_free_vram_gb, [], "cpu", None)
-    device = mm.get_torch_device()
-    free = mm.get_free_memory(device) / 2**30 if device.type != "cpu" else None
-    return choose_branch(prefer, min_free_vram_gb, missing_local_files(prompt or {}, route_id or ""),
-                         "cpu" if device.type == "cpu" else str(device), free)
+    prompt, route_id = prompt or {}, route_id or ""
+    local_nodes = list(dict.fromkeys(node for name in BRANCH_INPUTS
+                                     for node in upstream(prompt, route_id, f"local_{name}")))
+    missing = blockers(prompt, local_nodes)
+    device, free = gpu_reading() if not missing else ("cpu", None)
+    return choose_branch(prefer, min_free_vram_gb, missing, device, free)
 
 
 class RouteLocalOrCloud(io.ComfyNode):
@@ -83,7 +53,8 @@ class RouteLocalOrCloud(io.ComfyNode):
             node_id=node_id("RouteLocalOrCloud"), display_name="Local or Cloud (route)", category=CATEGORY_ROOT,
             description="Runs only one of two branches: the local generator when its model files are present and "
                         "the GPU has enough free memory (or when forced), the cloud generator otherwise. The other "
-                        "branch never runs: no credits, no VRAM. Says which it chose and why.",
+                        "branch never runs: no credits, no VRAM. Decides once, when it runs, and says which it "
+                        "chose and why.",
             inputs=[
                 io.Combo.Input("prefer", options=["auto", "local", "cloud"], default="auto",
                                tooltip="auto decides at run time; local or cloud force a branch."),
@@ -95,37 +66,31 @@ class RouteLocalOrCloud(io.ComfyNode):
                 io.String.Input("cloud_info", lazy=True, force_input=True, tooltip="info of the cloud generator"),
             ],
             outputs=[io.Image.Output(display_name="images"),
-                     io.String.Output(display_name="info", tooltip="The chosen generator's info, with the route."),
+                     io.String.Output(display_name="info", tooltip="The chosen generator's info."),
                      io.String.Output(display_name="route", tooltip="Which branch ran, and why.")],
-            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
+            hidden=[io.Hidden.prompt, io.Hidden.dynprompt, io.Hidden.unique_id],
+            enable_expand=True,
         )
 
-    @classmethod
-    def check_lazy_status(cls, prefer, min_free_vram_gb, local_images=None, local_info=None, cloud_images=None,
-                          cloud_info=None) -> list[str]:
-        route = decide(prefer, min_free_vram_gb, cls.hidden.prompt, cls.hidden.unique_id)
-        wanted = ("local_images", "local_info") if route.branch == "local" else ("cloud_images", "cloud_info")
-        values = {"local_images": local_images, "local_info": local_info, "cloud_images": cloud_images,
-                  "cloud_info": cloud_info}
-        return [name for name in wanted if values[name] is None]
+    # No check_lazy_status: ComfyUI asks it again after every input it evaluates, and a second answer
+    # would be a second decision. The lazy inputs stay unevaluated; execute links the chosen ones.
 
     @classmethod
-    def execute(cls, prefer, min_free_vram_gb, local_images=None, local_info=None, cloud_images=None,
-                cloud_info=None) -> io.NodeOutput:
-        branch = "local" if local_images is not None else "cloud"
-        route = decide(prefer, min_free_vram_gb, cls.hidden.prompt, cls.hidden.unique_id)
-        reason = route.reason if route.branch == branch else f"chosen when the run started ({route.reason} now)"
-        images, info = (local_images, local_info) if branch == "local" else (cloud_images, cloud_info)
-        if images is None:
-            raise ValueError(f"route: the {branch} branch gave no images; connect its generator's images and info")
-        try:
-            details = json.loads(info) if info else {}
-        except json.JSONDecodeError:
-            details = {"info": info}
-        details["route"] = {"branch": branch, "reason": reason}
-        text = f"{branch}: {reason}"
-        _show(cls.hidden.unique_id, text)
-        return io.NodeOutput(images, json.dumps(details, indent=2), text)
+    def execute(cls, prefer, min_free_vram_gb, **_unevaluated_branches) -> io.NodeOutput:
+        route_id, dynprompt = cls.hidden.unique_id, cls.hidden.dynprompt
+        node = dynprompt.get_node(route_id) if dynprompt is not None else (cls.hidden.prompt or {}).get(route_id, {})
+        route = decide(prefer, min_free_vram_gb, cls.hidden.prompt, route_id)
+        text = f"{route.branch}: {route.reason}"
+        images, info = (node.get("inputs", {}).get(f"{route.branch}_{name}") for name in BRANCH_INPUTS)
+        if not is_link(images):
+            raise ValueError(f"route: chose {text}, but nothing is connected to {route.branch}_images; connect "
+                             f"the {route.branch} generator's images and info")
+        _show(dynprompt.get_display_node_id(route_id) if dynprompt is not None else route_id, text)
+        # The chosen generator's outputs become this node's outputs: ComfyUI runs that branch (and only
+        # that one) before anything downstream of the route reads them.
+        info = [str(info[0]), info[1]] if is_link(info) else json.dumps({"route": {"branch": route.branch,
+                                                                                    "reason": route.reason}})
+        return io.NodeOutput([str(images[0]), images[1]], info, text, expand={})
 
 
 def _show(node: str | None, text: str) -> None:

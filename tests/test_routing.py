@@ -28,3 +28,63 @@ def test_an_unknown_preference_is_refused():
     with pytest.raises(ValueError, match="prefer = 'gpu' is not one of auto, local, cloud"):
         choose_branch("gpu", 12, [], "cpu", None)
 
+
+
+# ---- the route node under ComfyUI's own execution engine, with a fake GPU (tests/comfyui_engine.py) ----
+
+ROUTE = "CharIDRouteLocalOrCloud"
+LOCAL_NODES, CLOUD_NODES = {"1", "2"}, {"3", "4"}
+
+
+def route_prompt(prefer: str) -> dict:
+    """Two branches any ComfyUI has (a red and a blue image, each with an info text) into the route."""
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0xFF0000}},
+        "2": {"class_type": "PrimitiveString", "inputs": {"value": '{"backend": "local"}'}},
+        "3": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0x0000FF}},
+        "4": {"class_type": "PrimitiveString", "inputs": {"value": '{"backend": "cloud"}'}},
+        "5": {"class_type": ROUTE, "inputs": {"prefer": prefer, "min_free_vram_gb": 12.0,
+                                              "local_images": ["1", 0], "local_info": ["2", 0],
+                                              "cloud_images": ["3", 0], "cloud_info": ["4", 0]}},
+        "6": {"class_type": "PreviewAny", "inputs": {"source": ["5", 2]}},
+        "7": {"class_type": "PreviewAny", "inputs": {"source": ["5", 1]}},
+    }
+
+
+@pytest.fixture(scope="module")
+def engine_runs():
+    """One engine process for both cases: free VRAM 40 GB at the first reading and 2 GB after it (a
+    resident local run took it), and the other way round."""
+    from comfyui_engine import run_prompts
+
+    cases = {"auto_local": (route_prompt("auto"), [40.0, 2.0]), "auto_cloud": (route_prompt("auto"), [2.0, 40.0])}
+    reports = run_prompts([{"prompt": prompt, "free_vram_gb": readings} for prompt, readings in cases.values()])
+    return dict(zip(cases, reports))
+
+
+def outputs(report) -> tuple[str, str]:
+    return report["outputs"]["6"]["text"][0], report["outputs"]["7"]["text"][0]
+
+
+def test_a_local_run_that_lowers_free_vram_does_not_bill_the_cloud_branch_too(engine_runs):
+    from comfyui_engine import executed
+
+    report = engine_runs["auto_local"]
+    assert report["success"]
+    decided = "local: all local model files present and 40.0 GB of VRAM free on cuda:0 (≥ 12 GB)"
+    assert outputs(report) == (decided, '{"backend": "local"}')     # the reason decided, the branch's own info
+    assert report["readings"] == [40.0]                             # one decision: free memory read once
+    assert LOCAL_NODES <= set(executed(report)) and not CLOUD_NODES & set(executed(report))
+    # reported as made: under the node before the chosen branch starts, and the same text at the end
+    events = [(event, data.get("node"), data.get("text")) for event, data in report["events"]]
+    assert events.index(("progress_text", "5", decided)) < events.index(("executing", "1", None))
+
+
+def test_auto_with_too_little_free_vram_runs_only_the_cloud_branch(engine_runs):
+    from comfyui_engine import executed
+
+    report = engine_runs["auto_cloud"]
+    assert outputs(report) == ("cloud: 2.0 GB of VRAM free on cuda:0, below the 12 GB asked for",
+                               '{"backend": "cloud"}')
+    assert report["readings"] == [2.0]
+    assert CLOUD_NODES <= set(executed(report)) and not LOCAL_NODES & set(executed(report))
