@@ -19,3 +19,30 @@ def test_the_compare_grid_captions_each_backend_and_names_the_best():
         "1. fal InstantCharacter — identity 0.410", "2. InstantID (local) — identity 0.730 (best)",
         "3. Segmind InstantID (v1) — identity no face", "best identity: InstantID (local) (0.730)"]
     assert label_from_info("not json", "input 4") == "input 4"
+
+
+def test_a_skipped_backend_keeps_its_place_as_a_tile_that_says_why():
+    from PIL import Image
+
+    from pipelines.compare import SKIPPED_TILE, Entry, grid, report
+
+    reason = "node 9: no fal.ai API key: set FAL_KEY in the environment or in the keys file (README: API keys)"
+    entries = [Entry("InstantCharacter (fal cloud)", skipped=reason),
+               Entry("Segmind InstantID (v1)", Image.new("RGB", (64, 64), (255, 0, 0)), 0.5, True)]
+    sheet = grid(entries, cell=256)
+    assert sheet.size[0] == 2 * 256
+    assert sheet.getpixel((4, 4)) == SKIPPED_TILE and sheet.getpixel((256 + 128, 128)) == (255, 0, 0)
+    assert len(set(sheet.crop((0, 0, 256, 256)).getdata())) > 2          # the reason is written on the tile
+    assert report(entries, ("identity not scored: node 3: no face models",)).splitlines() == [
+        f"1. InstantCharacter (fal cloud) — skipped: {reason}",
+        "2. Segmind InstantID (v1) — identity 0.500 (best)", "best identity: Segmind InstantID (v1) (0.500)",
+        "identity not scored: node 3: no face models"]
+
+
+def test_the_skipped_reason_is_wrapped_to_the_tile_and_shortened_when_longer():
+    from pipelines.compare import _font, wrapped
+
+    font = _font(16)
+    lines = wrapped("skipped: " + "a long reason " * 40, font, 200, 4)
+    assert len(lines) == 4 and lines[-1].endswith("…")
+    assert wrapped("skipped: short", font, 200, 4) == ["skipped: short"]
