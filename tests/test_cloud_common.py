@@ -1,6 +1,8 @@
 """Pieces all cloud backends share: keys, upload cache, polling pace, redaction, settings."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from cloud_helpers import TEST_KEYS, request, run, wavespeed
@@ -37,6 +39,52 @@ def test_a_broken_keys_file_is_reported_without_quoting_it(tmp_path):
     with pytest.raises(MissingKeyError) as caught:
         KeySource({"CHARACTER_IDENTITY_KEYS": str(keys_file)}).find("FAL_KEY")
     assert "secret-before-any-section" not in str(caught.value) and str(keys_file) in str(caught.value)
+
+
+def test_a_keys_file_saved_by_notepad_as_utf8_with_a_bom_is_read(tmp_path):
+    keys_file = tmp_path / "keys.ini"
+    keys_file.write_bytes("\ufeff[keys]\r\nFAL_KEY = from-notepad\r\nSEGMIND_API_KEY = SG_é\r\n".encode("utf-8"))
+    source = KeySource({"CHARACTER_IDENTITY_KEYS": str(keys_file)})
+    assert source.require("FAL_KEY", "fal") == "from-notepad" and source.find("SEGMIND_API_KEY") == "SG_é"
+    assert source.source_of("FAL_KEY") == "keys file"
+
+
+KEYS_TEXT = "[keys]\r\nFAL_KEY = falsecret-in-the-file-93b7\r\n"
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (KEYS_TEXT.encode("utf-16"), "it is saved as UTF-16 text"),                 # Notepad's "Unicode" (LE + BOM)
+    (KEYS_TEXT.encode("utf-16-be"), "it is saved as UTF-16 text"),              # no BOM
+    (b"\xfe\xff" + KEYS_TEXT.encode("utf-16-be"), "it is saved as UTF-16 text"),
+    ("[keys]\nFAL_KEY = falsecret-in-the-file-93b7-clé\n".encode("cp1252"), "it is not UTF-8 text"),
+], ids=["utf-16-bom", "utf-16-be-no-bom", "utf-16-be-bom", "cp1252"])
+def test_a_keys_file_in_another_encoding_is_a_clear_error_naming_the_file(tmp_path, data, reason):
+    keys_file = tmp_path / "keys.ini"
+    keys_file.write_bytes(data)
+    source = KeySource({"CHARACTER_IDENTITY_KEYS": str(keys_file)})
+    for ask in (lambda: source.require("FAL_KEY", "fal"), lambda: source.find("WAVESPEED_API_KEY")):
+        with pytest.raises(MissingKeyError) as caught:
+            ask()
+        text = str(caught.value)
+        assert text.startswith(f"Character Identity: cannot read the keys file {keys_file}: {reason}")
+        assert "save it as UTF-8" in text
+        assert "falsecret" not in text and "FAL_KEY" not in text and "\\x" not in text
+    assert source.source_of("FAL_KEY") is None              # the key-status panel shows "not set", no traceback
+    # the environment still wins without reading the file
+    assert KeySource({"CHARACTER_IDENTITY_KEYS": str(keys_file), "FAL_KEY": "env"}).require("FAL_KEY", "fal") == "env"
+
+
+def test_an_unreadable_keys_file_is_a_clear_error_naming_the_file(tmp_path):
+    keys_file = tmp_path / "keys.ini"
+    keys_file.write_text(KEYS_TEXT)
+    keys_file.chmod(0)
+    try:
+        if os.access(keys_file, os.R_OK):
+            pytest.skip("running as a user who can read any file")
+        with pytest.raises(MissingKeyError, match=f"cannot read the keys file {keys_file}: Permission denied"):
+            KeySource({"CHARACTER_IDENTITY_KEYS": str(keys_file)}).find("FAL_KEY")
+    finally:
+        keys_file.chmod(0o600)
 
 
 def test_the_default_keys_file_lives_in_the_users_config_folder(tmp_path):

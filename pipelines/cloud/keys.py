@@ -2,6 +2,7 @@
 
 Never from a node input: a widget value would travel in workflow JSON, PNG metadata and /history.
 The file is read at call time, so a key added while ComfyUI runs is picked up without a restart.
+It is UTF-8 text; the byte-order mark Windows Notepad may write is fine.
 
     # ~/.config/comfyui-character-identity/keys.ini  (or the path in CHARACTER_IDENTITY_KEYS)
     [keys]
@@ -30,6 +31,28 @@ def default_keys_file(environ: Mapping[str, str]) -> Path:
     else:
         base = Path(environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
     return base / "comfyui-character-identity" / "keys.ini"
+
+
+SAVE_AS_UTF8 = "save it as UTF-8 (in Notepad: File > Save as > Encoding: UTF-8)"
+
+
+def unreadable(path: Path, detail: str, hint: str | None = None) -> MissingKeyError:
+    return MissingKeyError("Character Identity", f"cannot read the keys file {path}", detail=detail, hint=hint)
+
+
+def read_keys_text(path: Path) -> str:
+    """The keys file as text: UTF-8, with or without the byte-order mark Windows Notepad writes.
+    Anything else is a clear error naming the file; it never quotes the file (it holds keys)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise unreadable(path, exc.strerror or type(exc).__name__) from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data:
+        raise unreadable(path, "it is saved as UTF-16 text", hint=f"Open it in a text editor and {SAVE_AS_UTF8}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise unreadable(path, "it is not UTF-8 text", hint=f"Open it in a text editor and {SAVE_AS_UTF8}") from None
 
 
 @dataclass(frozen=True)
@@ -62,11 +85,10 @@ class KeySource:
             return None, None
         parser = configparser.ConfigParser(interpolation=None)
         try:
-            parser.read(path, encoding="utf-8")
+            parser.read_string(read_keys_text(path), source=str(path))
         except configparser.Error as exc:
             # the parser's message quotes the offending line, which may hold a key: say only where
-            raise MissingKeyError("Character Identity", f"cannot read the keys file {path}",
-                                  detail=f"not valid INI ({type(exc).__name__})") from None
+            raise unreadable(path, f"not valid INI ({type(exc).__name__})") from None
         value = parser.get("keys", env_name, fallback="").strip()
         return (value, "keys file") if value else (None, None)
 
