@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import email.utils
 import json
@@ -31,6 +32,14 @@ T = TypeVar("T")
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # How often a waiting call checks for Cancel.
 INTERRUPT_CHECK_S = 0.1
+# Redirects the pack follows itself (aiohttp's own following would carry a custom key header such as
+# x-api-key to any host); more hops than this is an error.
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+# The only schemes ever fetched (data: URIs are decoded, never fetched).
+FETCHED_SCHEMES = ("http", "https")
+# Headers that are credentials even when they are not the provider's key (fal's upload token).
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
 class ProviderError(RuntimeError):
@@ -132,8 +141,20 @@ def is_success(status: int) -> bool:
 
 def origin(url: str) -> tuple[str, str, int | None]:
     parts = urllib.parse.urlsplit(url)
-    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    try:
+        port = parts.port
+    except ValueError:                     # a malformed port is no origin the key may go to
+        port = -1
+    port = port or {"http": 80, "https": 443}.get(parts.scheme)
     return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def host_of(url: str) -> str:
+    """Host and port of a URL for a message: never its path, query or user info (they may hold tokens)."""
+    scheme, host, port = origin(url)
+    if not host:
+        return f"a {scheme}: address" if scheme else "an address without a host"
+    return host if port in (None, {"http": 80, "https": 443}.get(scheme)) else f"{host}:{port}"
 
 
 class Redactor:
@@ -157,8 +178,8 @@ class CloudCall:
     """One generation's worth of HTTP for one provider: `async with CloudCall(...) as http: ...`.
 
     The API key travels only in `auth_headers`, and only to the origins of the configured base URLs
-    (`trusted_urls`): a status, result or cancel URL that a provider answer points elsewhere is
-    refused with a clear error instead of receiving the key. Every answer body is read with a size
+    (`trusted_urls`): a status, result or cancel URL that a provider answer points elsewhere, or a
+    redirect to another origin at any hop, is refused with a clear error instead of receiving the key. Every answer body is read with a size
     cap (`max_answer_bytes`; downloads pass their own)."""
 
     def __init__(self, provider: str, key_env: str, context: RunContext, *, auth_headers: Mapping[str, str],
@@ -245,16 +266,68 @@ class CloudCall:
             merged.update(self.auth_headers)
         return merged
 
+    @contextlib.asynccontextmanager
+    async def _open(self, method: str, url: str, what: str, job_id: str | None, timeout: aiohttp.ClientTimeout,
+                    authenticated: bool, headers: Mapping[str, str] | None = None, data: Any = None,
+                    **kwargs) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send a request and yield the final answer, following redirects here rather than in aiohttp,
+        so every hop is checked before anything is sent there:
+          - only http(s) addresses are ever fetched;
+          - a request that carries the key goes only to the provider's configured addresses, and one
+            that carries another credential (an upload token) stays on its own origin: a redirect
+            elsewhere is refused, nothing is sent there;
+          - 303 (and 301/302 after a POST, as browsers and aiohttp do) continue as a GET without the
+            body; 307/308 repeat the method and the body; at most MAX_REDIRECTS hops.
+        `data` may be a callable that builds a single-use body (multipart): it is called per hop."""
+        headers = dict(headers or {})
+        carries_credentials = authenticated or any(name.lower() in CREDENTIAL_HEADERS for name in headers)
+        allowed = self.trusted if authenticated else {origin(url)}
+        self._check_scheme(url, what, job_id)
+        for _ in range(MAX_REDIRECTS + 1):
+            body = data() if callable(data) else data
+            async with self.session.request(method, url, headers=headers, data=body, timeout=timeout,
+                                            allow_redirects=False, **kwargs) as response:
+                location = response.headers.get("Location") if response.status in REDIRECT_STATUS else None
+                if not location:
+                    yield response
+                    return
+                status = response.status
+            target = urllib.parse.urljoin(url, location.strip())
+            self._check_scheme(target, what, job_id, status)
+            if carries_credentials and origin(target) not in allowed:
+                where, secret = ((f"which is not a configured {self.provider} address", "the API key was")
+                                 if authenticated else ("another origin", "the request's credentials were"))
+                raise ProviderError(self.provider, what, status=status, job_id=job_id,
+                                    detail=f"the provider redirected the request to {host_of(target)}, {where}",
+                                    hint=f"The redirect was not followed: {secret} not sent there")
+            if status == 303 or (status in (301, 302) and method == "POST"):
+                method, data = ("HEAD" if method == "HEAD" else "GET"), None
+                kwargs.pop("json", None)
+                headers = {name: value for name, value in headers.items() if name.lower() != "content-type"}
+            url = target
+        raise ProviderError(self.provider, what, status=status, job_id=job_id,
+                            detail=f"more than {MAX_REDIRECTS} redirects; the last pointed to {host_of(url)}")
+
+    def _check_scheme(self, url: str, what: str, job_id: str | None, status: int | None = None) -> None:
+        """Refuse file:, ftp: and any other non-http(s) address (or one without a host) before it is used."""
+        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        if scheme in FETCHED_SCHEMES and origin(url)[1]:
+            return
+        shown = ("an address without a host" if scheme in FETCHED_SCHEMES
+                 else f"a '{scheme}:' address" if scheme else "an address without a scheme")
+        raise ProviderError(self.provider, what, status=status, job_id=job_id,
+                            detail=f"the provider gave {shown}; only http(s) addresses are fetched",
+                            hint="Nothing was read from it")
+
     async def _exchange(self, method: str, url: str, what: str, timeout_s: float, max_bytes: int,
-                        job_id: str | None, **kwargs) -> Response:
-        """One HTTP exchange; the answer body is read up to `max_bytes` and refused beyond it."""
-        if callable(kwargs.get("data")):        # multipart bodies are single-use: build one per attempt
-            kwargs["data"] = kwargs["data"]()
+                        job_id: str | None, authenticated: bool = False, **kwargs) -> Response:
+        """One HTTP exchange (redirects followed by `_open`); the answer body is read up to
+        `max_bytes` and refused beyond it."""
         # sock_read per request: a blocking provider call may stay silent far longer than a poll
         timeout = aiohttp.ClientTimeout(total=None, connect=self.timeouts.connect, sock_read=timeout_s)
 
         async def run() -> Response:
-            async with self.session.request(method, url, timeout=timeout, **kwargs) as response:
+            async with self._open(method, url, what, job_id, timeout, authenticated, **kwargs) as response:
                 declared = response.content_length
                 if declared is not None and declared > max_bytes:
                     raise self.error(what, job_id=job_id, detail=f"the answer is larger than {max_bytes} bytes "
@@ -292,8 +365,8 @@ class CloudCall:
             wait = None
             try:
                 response = await self.guard(
-                    self._exchange(method, url, what, timeout_s, max_bytes, job_id, headers=headers, **kwargs),
-                    grace_s=1.0 if billable else 0.0)
+                    self._exchange(method, url, what, timeout_s, max_bytes, job_id, authenticated, headers=headers,
+                                   **kwargs), grace_s=1.0 if billable else 0.0)
             except (GenerationInterrupted, ProviderError):
                 raise
             except aiohttp.ClientConnectorError as exc:      # never connected: nothing was sent
@@ -328,17 +401,21 @@ class CloudCall:
         try:
             headers = self._headers_for(url, "cancelling the job", None, True, kwargs.pop("headers", None))
             return (await self._exchange(method, url, "cancelling the job", timeout_s, self.max_answer_bytes, None,
-                                         headers=headers, **kwargs)).status
+                                         True, headers=headers, **kwargs)).status
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, ProviderError):
             return None
 
     async def json(self, method: str, url: str, what: str, **kwargs) -> tuple[Any, Response]:
         """A request whose answer must be JSON. Malformed JSON is retried like a 5xx for reads,
-        and reported (not re-sent) for billable submits."""
+        and reported (not re-sent) for billable submits. A non-2xx status the caller accepts (e.g. 404:
+        this endpoint does not exist) is returned with body None, never parsed: such answers come
+        from web servers and proxies as text or HTML far more often than as JSON."""
         billable = kwargs.get("billable", False)
         attempts = 1 if billable else self.max_attempts
         for attempt in range(1, attempts + 1):
             response = await self.request(method, url, what, **kwargs)
+            if not is_success(response.status):          # an accepted status: its body is not the answer
+                return None, response
             if response.status == 204 or not response.body.strip():
                 body = None
             else:
@@ -365,7 +442,7 @@ class CloudCall:
         headers = self._headers_for(url, what, job_id, True, {"Accept": "text/event-stream"})
         self.check_interrupt()
         timeout = aiohttp.ClientTimeout(total=None, connect=self.timeouts.connect, sock_read=None)
-        async with self.session.get(url, headers=headers, timeout=timeout) as response:
+        async with self._open("GET", url, what, job_id, timeout, True, headers=headers) as response:
             if not is_success(response.status):
                 body = await response.content.read(2048)
                 raise self.error(what, Response(response.status, CIMultiDict(response.headers), body), job_id)
@@ -401,8 +478,9 @@ class CloudCall:
 
     async def download(self, url: str, what: str, max_bytes: int, job_id: str | None = None,
                        decode: Callable[[bytes], T] = bytes) -> T:
-        """Fetch a result file (no key is sent; streamed, capped at max_bytes) or a data: URI, and
-        `decode` it. Transient failures, truncated transfers and undecodable bytes are retried."""
+        """Fetch a result file (no key is sent; streamed, capped at max_bytes; redirects followed to
+        http(s) addresses only) or a data: URI, and `decode` it. Any other scheme (file:, ftp:, …)
+        is refused at once. Transient failures, truncated transfers and undecodable bytes are retried."""
         delay = self.backoff_s
         for attempt in range(1, self.max_attempts + 1):
             self.check_interrupt()

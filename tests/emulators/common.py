@@ -18,6 +18,8 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from http import HTTPStatus
+
 from aiohttp import web
 from PIL import Image, ImageStat
 
@@ -73,7 +75,9 @@ class Fault:
     kind: "status" (answer `status` with `body`/`headers`), "reset" (drop the connection),
     "hang" (never answer), "malformed" (HTTP 200, broken JSON), "truncate" (send half the
     image but declare it whole), "short_image" (a complete HTTP answer holding a cut-off image),
-    "html" (an HTML error page with `status`).
+    "html" (nginx's HTML error page with `status`), "text" (aiohttp's text/plain error with
+    `status`), "redirect" (`status`, e.g. 302 or 307, with Location `body`; without a body, the
+    same path again, as a relative Location: the next arrival is handled normally).
 
     Applied after the request was handled (the provider did the work): "lose_answer" (the job or
     upload exists, then the connection drops before the answer), "recode" (the normal answer with
@@ -88,6 +92,22 @@ class Fault:
 
 
 AFTER_HANDLING = {"lose_answer", "recode", "callback"}
+
+# What real servers answer for a path they do not serve: aiohttp's own text, and nginx's page.
+NGINX_REASONS = {404: "Not Found", 405: "Not Allowed"}
+
+
+def aiohttp_page(status: int) -> web.Response:
+    """The answer aiohttp itself gives (e.g. "404: Not Found", text/plain)."""
+    return web.Response(status=status, text=f"{status}: {HTTPStatus(status).phrase}", content_type="text/plain")
+
+
+def nginx_page(status: int) -> web.Response:
+    """nginx's built-in error page, as a provider's reverse proxy sends it."""
+    title = f"{status} {NGINX_REASONS.get(status, HTTPStatus(status).phrase)}"
+    return web.Response(status=status, content_type="text/html", text=(
+        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n"
+        "<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"))
 
 
 class Faults:
@@ -139,6 +159,10 @@ class Emulator:
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self._generation = 0
+        # how a path this server does not offer is answered: "aiohttp" (its own text/plain
+        # "404: Not Found") or "nginx" (the HTML page of a reverse proxy in front of it)
+        self.unknown_routes = "aiohttp"
+        self.extra_outputs = 0          # images a job returns beyond those asked for
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -184,6 +208,8 @@ class Emulator:
             self.rejections.clear()
             self.jobs.clear()
         self.processing_s, self.queue_s, self.latency_s = 0.3, 0.0, 0.0
+        self.unknown_routes = "aiohttp"
+        self.extra_outputs = 0
 
     def routes(self) -> list:
         raise NotImplementedError
@@ -228,6 +254,10 @@ class Emulator:
         self.count("submit")
         return job
 
+    def route_missing(self, status: int = 404) -> web.Response:
+        """A path (or method) this server does not offer, answered as real servers do: never JSON."""
+        return nginx_page(status) if self.unknown_routes == "nginx" else aiohttp_page(status)
+
     def reject(self, status: int, message: str, body_key: str = "message") -> web.Response:
         with self._lock:
             self.rejections.append((status, message))
@@ -244,8 +274,13 @@ class Emulator:
             body = fault.body if fault.body is not None else {"message": f"injected {fault.status}"}
             return web.json_response(body, status=fault.status, headers=fault.headers)
         if fault.kind == "html":
-            return web.Response(text="<html><body>Method Not Allowed</body></html>", status=fault.status,
-                                content_type="text/html")
+            return nginx_page(fault.status)
+        if fault.kind == "text":
+            return aiohttp_page(fault.status)
+        if fault.kind == "redirect":
+            await request.read()
+            return web.Response(status=fault.status, headers={"Location": fault.body or request.path_qs,
+                                                              **fault.headers})
         if fault.kind == "malformed":
             return web.Response(text='{"data": {"id": ', status=200, content_type="application/json")
         if fault.kind == "reset":
@@ -274,7 +309,12 @@ class Emulator:
             await asyncio.sleep(self.latency_s)
         phase = self.PHASES.get(getattr(request.match_info.route.handler, "__name__", ""))
         fault = self.faults.take(phase, after_handling=True) if phase else None
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:     # no such route
+            if self.unknown_routes != "nginx":
+                raise                                   # aiohttp's own answer
+            return nginx_page(exc.status)
         if fault is None:
             return response
         self.count(f"fault:{phase}:{fault.kind}")
@@ -296,7 +336,7 @@ class Emulator:
         self.count("download")
         entry = self.files.get(request.match_info["name"])
         if entry is None:
-            return web.json_response({"message": "no such file"}, status=404)
+            return self.route_missing(404)
         data, content_type = entry
         fault = self.faults.take("download")
         if fault is not None:
@@ -313,4 +353,41 @@ class Emulator:
                 return web.json_response({"message": "injected"}, status=fault.status, headers=fault.headers)
             if fault.kind == "hang":
                 await self.hang()
+            if fault.kind == "redirect":
+                return await self.apply_fault("download", fault, request)
         return web.Response(body=data, content_type=content_type)
+
+
+class Recorder(Emulator):
+    """Another origin (its own port): records every request that reaches it, whatever the path or
+    method, then answers the next scripted fault of phase "any" (e.g. a redirect), the file set in
+    `answers` for that path, or 200 with a small JSON body. The redirect tests point providers'
+    redirects here to see what would have been delivered."""
+
+    provider = "recorder"
+
+    def __init__(self):
+        super().__init__(api_key="")
+        self.received: list[dict] = []
+        self.answers: dict[str, tuple[bytes, str]] = {}      # path -> (body, content type)
+
+    def reset(self) -> None:
+        super().reset()
+        with self._lock:
+            self.received.clear()
+        self.answers.clear()
+
+    def routes(self):
+        return [web.route("*", "/{tail:.*}", self.record)]
+
+    async def record(self, request: web.Request):
+        body = await request.read()
+        with self._lock:
+            self.received.append({"method": request.method, "path": request.path_qs,
+                                  "headers": dict(request.headers), "body": body})
+        if (fault := await self.fault_response("any", request)) is not None:
+            return fault
+        if request.path in self.answers:
+            data, content_type = self.answers[request.path]
+            return web.Response(body=data, content_type=content_type)
+        return web.json_response({"recorded": True})

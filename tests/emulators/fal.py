@@ -189,7 +189,7 @@ class FalEmulator(Emulator):
         closed after COMPLETED (as fal documents). `stream_enabled = False` answers 405."""
         self.count("stream")
         if not self.stream_enabled:
-            return web.json_response({"detail": "Method Not Allowed"}, status=405)
+            return self.route_missing(405)
         if not self.authorised(request):
             return self.unauthorised()
         if (fault := await self.fault_response("stream", request)) is not None:
@@ -253,7 +253,7 @@ class FalEmulator(Emulator):
             fmt = body.get("output_format", "jpeg")
             reference = self.reference_bytes(body["image_url"])
             images = []
-            for index in range(body.get("num_images", 1)):
+            for index in range(body.get("num_images", 1) + self.extra_outputs):
                 data = synth_image(width, height, reference, body["prompt"], job["seed"], index,
                                    "PNG" if fmt == "png" else "JPEG")
                 mime = f"image/{fmt}"
@@ -269,6 +269,8 @@ class FalEmulator(Emulator):
         self.count("cancel")
         if not self.authorised(request):
             return self.unauthorised()
+        if (fault := await self.fault_response("cancel", request)) is not None:
+            return fault
         job_id = request.match_info["job_id"]
         job = self.jobs.get(job_id)
         if job is None:

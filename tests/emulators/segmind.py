@@ -128,7 +128,7 @@ class SegmindEmulator(Emulator):
         with Image.open(io.BytesIO(sizer)) as probe:
             width, height = instantid_size(*probe.size)
         return [synth_image(width, height, face, body["prompt"], seed, index, "JPEG")
-                for index in range(body.get("samples", 1))]
+                for index in range(body.get("samples", 1) + self.extra_outputs)]
 
     def charge(self, samples: int) -> dict:
         self.credits = round(self.credits - PRICE * samples, 4)
@@ -155,7 +155,7 @@ class SegmindEmulator(Emulator):
         images = self.render(body, seed)
         headers = {**self.charge(len(images)), "x-request-id": self.new_id("sg"), "x-seed-value": str(seed),
                    "x-generation-time": str(self.processing_s)}
-        if body.get("base64") or force_json:
+        if body.get("base64") or force_json or len(images) > 1:
             encoded = [base64.b64encode(data).decode() for data in images]
             payload = {"image": encoded[0]} if len(encoded) == 1 else {"images": encoded}
             return web.json_response(payload, headers=headers)

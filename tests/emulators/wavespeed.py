@@ -5,7 +5,8 @@ Strict: Bearer auth, JSON content type, known field names only, documented types
 Where the documents disagree the strictest reading wins: 512–1536 per side for v3 too (the v3
 overview says 512, the current v3 page 256). Uploads: the ticket flow of WaveSpeed's current SDK
 (`media/uploads` + a PUT to a storage URL with exactly the ticket's headers and no API key) and
-the older `media/upload/binary`; `tickets = False` makes the ticket endpoint answer 404.
+the older `media/upload/binary`; `tickets_enabled = False` makes the ticket endpoint answer 404 as a
+path the server does not offer (aiohttp's text or nginx's page, see `unknown_routes`).
 Scripted job outcomes: faults.add("job", "failed") or faults.add("job", "nsfw").
 """
 from __future__ import annotations
@@ -65,7 +66,7 @@ class WaveSpeedEmulator(Emulator):
     async def upload(self, request: web.Request):
         self.count("upload_attempt")
         if request.match_info["version"] not in SIDE:
-            return web.json_response({"code": 404, "message": "not found"}, status=404)
+            return self.route_missing(404)
         if not self.authorised(request):
             return self.unauthorised()
         if (fault := await self.fault_response("upload", request)) is not None:
@@ -90,10 +91,8 @@ class WaveSpeedEmulator(Emulator):
 
     async def ticket(self, request: web.Request):
         self.count("ticket")
-        if not self.tickets_enabled:
-            return web.json_response({"code": 404, "message": "not found"}, status=404)
-        if request.match_info["version"] not in SIDE:
-            return web.json_response({"code": 404, "message": "not found"}, status=404)
+        if not self.tickets_enabled or request.match_info["version"] not in SIDE:
+            return self.route_missing(404)            # an API without the ticket endpoint
         if not self.authorised(request):
             return self.unauthorised()
         if (fault := await self.fault_response("ticket", request)) is not None:
@@ -178,7 +177,7 @@ class WaveSpeedEmulator(Emulator):
         self.count("submit_attempt")
         version = request.match_info["version"]
         if version not in SIDE:
-            return web.json_response({"code": 404, "message": "not found"}, status=404)
+            return self.route_missing(404)
         if not self.authorised(request):
             return self.unauthorised()
         if request.content_type != "application/json":
@@ -226,6 +225,6 @@ class WaveSpeedEmulator(Emulator):
             job["outputs"] = [
                 self.store_file(synth_image(width, height, reference, body["prompt"], job["seed"], index),
                                 "image/png", ".png")
-                for index in range(body.get("num_images", 1))]
+                for index in range(body.get("num_images", 1) + self.extra_outputs)]
         nsfw = [job["outcome"] == "nsfw"] * len(job["outputs"])
         return web.json_response(envelope(self.prediction(job_id, "completed", job["outputs"], nsfw)))
