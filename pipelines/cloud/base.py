@@ -275,12 +275,23 @@ class CloudBackend(GenerationBackend):
             timings["wait"] = time.monotonic() - clock
         context.report_progress(STAGE_FINISHED, STAGES)
 
+        self._keep_requested(result, request.num_images)
         clock = time.monotonic()
         images = await self._download(http, result.outputs, job.job_id, context)
         timings["download"] = time.monotonic() - clock
         context.report_progress(STAGE_DOWNLOADED, STAGES)
         timings.update(result.timings)
         return self._finish(request, images, job, result, timings, how)
+
+    @staticmethod
+    def _keep_requested(result: JobResult, wanted: int) -> None:
+        """Never fetch more images than were asked for: extra outputs are dropped unread (a provider
+        answer could list any number of URLs) and counted in the info output."""
+        extra = len(result.outputs) - wanted
+        if extra > 0:
+            result.outputs = result.outputs[:wanted]
+            result.safety_flags = result.safety_flags[:wanted]
+            result.details["ignored_outputs"] = extra
 
     def _slot(self, http: CloudCall, context: RunContext):
         """One of the provider's job slots, held from submit until the job is over."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 
 from ..contract import BackendLimits, Choice, Flag, GenerationRequest, ImageInput, NumberRange
 from .answers import AnswerError, as_object, number, text
@@ -31,6 +32,7 @@ from .transport import CloudCall, ProviderError, Response
 # The document lists 29 allowed styles and names these ten; any other name can be typed.
 KNOWN_STYLES = ("(No style)", "Watercolor", "Film Noir", "Neon", "Jungle", "Mars", "Vibrant Color", "Snow",
                 "Line art", "Art Nouveau")
+URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 STATES = {"QUEUED": QUEUED, "PROCESSING": RUNNING, "COMPLETED": DONE}
 FAILED_STATES = {"FAILED", "ERROR", "CANCELLED"}
 
@@ -172,7 +174,7 @@ class SegmindInstantID(VersionedCloudBackend):
         for item in found if isinstance(found, list) else [found]:
             if not isinstance(item, str) or not item:
                 raise AnswerError("an image in the result is not text")
-            if item.startswith(("http://", "https://", "data:")):
+            if URI_SCHEME.match(item):       # an address (base64 has no ':'): the download checks its scheme
                 outputs.append(item)
                 continue
             try:
