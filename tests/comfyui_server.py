@@ -159,6 +159,18 @@ class ComfyUIServer:
                           {"Content-Type": f"multipart/form-data; boundary={boundary}"}) as response:
             return json.load(response)["name"]
 
+    def loaded_image_png(self, name: str) -> bytes:
+        """The pixels ComfyUI's LoadImage gives for an input file, as a lossless PNG (LoadImage → SaveImage).
+        Oracles compare with these, not with Pillow's decoding: since 2026-04 LoadImage decodes with
+        PyAV, and a JPEG's pixels then differ from Pillow's by up to 78 levels."""
+        prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": name}},
+                  "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "loaded/input"}}}
+        entry = self.run(prompt)
+        if entry["status"]["status_str"] != "success":
+            raise AssertionError(f"LoadImage failed on {name}: {entry['status']}")
+        [image] = entry["outputs"]["2"]["images"]
+        return self.output_bytes(image)
+
     def output_bytes(self, image: dict) -> bytes:
         """An output listed in /history, fetched over HTTP the way the frontend does (/view)."""
         query = urllib.parse.urlencode({k: image[k] for k in ("filename", "subfolder", "type")})

@@ -131,7 +131,7 @@ def test_comfyui_gives_the_image_the_pipeline_gives_in_python(comfyui, portrait,
     pipe = build_pipeline(InstantIDFiles(sources[sdxl], sources[identitynet], models / "instantid" / names["adapter"],
                                          comfy_tokenizer_dirs()[0],
                                          antelopev2=models / "insightface" / "models" / "antelopev2"))
-    loaded = Image.open(comfyui.base / "input" / portrait).convert("RGB")
+    loaded = Image.open(io.BytesIO(comfyui.loaded_image_png(portrait))).convert("RGB")     # what LoadImage gave
     face = pipe.face_from_images(loaded)
     from pipelines.local.instantid.styles import apply_style
 
@@ -208,7 +208,7 @@ def test_identity_similarity_scores_any_images_and_no_face_is_none(comfyui, port
     annotated, report = outputs(comfyui, entry, "5")
     assert report.splitlines()[:2] == ["image 1: 1.000", "image 2: none (no face found)"]
     assert len(annotated) == 2 and annotated[0].size == (320, 240)
-    loaded = Image.open(comfyui.base / "input" / portrait).convert("RGB")
+    loaded = Image.open(io.BytesIO(comfyui.loaded_image_png(portrait))).convert("RGB")     # what LoadImage gave
     assert not np.array_equal(np.asarray(annotated[0]), np.asarray(loaded))      # the score is written on
     scores = [text for text in entry["outputs"]["5f"]["text"]]
     assert len(scores) == 2 and float(scores[0]) == pytest.approx(1.0, abs=1e-6)

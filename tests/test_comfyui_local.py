@@ -113,7 +113,7 @@ def test_comfyui_gives_the_image_the_pipeline_gives_in_python(comfyui, reference
                                                 models / "clip_vision" / "facebook" / "dinov2-tiny",
                                                 models / "instantcharacter" / "instantcharacter-tiny.bin",
                                                 clip_tokenizer, t5_tokenizer))
-    loaded = Image.open(comfyui.base / "input" / reference_name).convert("RGB")
+    loaded = Image.open(io.BytesIO(comfyui.loaded_image_png(reference_name))).convert("RGB")     # what LoadImage gave
     [expected] = pipe.generate(loaded, "a knight in a misty forest", width=80, height=64, seed=77, steps=3,
                                subject_scale=0.9)
     difference = np.abs(np.asarray(image, dtype=int) - np.asarray(expected, dtype=int))

@@ -4,7 +4,8 @@
 // which never calls onDrawForeground — because it uses node badges, which both draw:
 // - Prepare Character Reference: a badge in the padding colour (a red cross when the text is not a
 //   colour the server accepts);
-// - every cloud node: the price estimate for the current widget values, before Run;
+// - every cloud node: the price estimate for the current widget values, before Run (on ComfyUI with
+//   native price badges the node declares it and the frontend draws it; this badge is for older ones);
 // - Settings → Character Identity: whether each provider's key is configured, and where from (never
 //   the key).
 // Everything degrades to nothing when the pack's server side is missing or older, or the frontend
@@ -174,7 +175,9 @@ app?.registerExtension({
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData?.name === PREPARE_NODE) addBadge(nodeType, swatchBadge);
-    else if (status?.pricing?.[nodeData?.name]) addBadge(nodeType, costBadge);
+    // ComfyUI 0.9.1 and newer: the node declares the same estimate as a native price badge, which
+    // the frontend draws; one price per node
+    else if (status?.pricing?.[nodeData?.name] && !(nodeData.api_node && nodeData.price_badge)) addBadge(nodeType, costBadge);
   },
 });
 
