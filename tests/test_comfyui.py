@@ -146,3 +146,25 @@ def test_generator_nodes_share_one_socket_layout(comfyui):
         assert not any(word in socket.lower() for socket in node["input_order"]["required"]
                        for word in ("key", "token", "secret"))
     assert shapes == {("IMAGE", "STRING", "STRING", "INT", "INT", "INT", "INT", "FLOAT", "INT", "FLOAT")}
+
+
+CLOUD_PRICE_WIDGETS = {"CharIDFalInstantCharacter": ["width", "height", "num_images", "image_size"],
+                       "CharIDSegmindInstantID": [], "CharIDWaveSpeedInstantCharacter": []}
+
+
+def test_cloud_nodes_declare_a_native_price_badge_where_comfyuis_api_has_them(comfyui):
+    """ComfyUI 0.9.1 and newer (io.PriceBadge) draw a price from the node's definition, for API nodes
+    only: there the cloud nodes declare both; on an older ComfyUI neither (the extension draws the
+    price). The texts the expressions give are checked in the browser, by the frontend itself."""
+    from comfyui_server import comfyui_dir
+
+    has_price_badges = "class PriceBadge" in (comfyui_dir() / "ComfyUI/comfy_api/latest/_io.py").read_text()
+    info = comfyui.get_json("/object_info")
+    for name in PACK_NODES:
+        badge = info[name].get("price_badge")
+        if has_price_badges and name in CLOUD_PRICE_WIDGETS:
+            assert info[name]["api_node"] is True
+            assert badge["engine"] == "jsonata" and '"type": "text"' in badge["expr"]
+            assert [widget["name"] for widget in badge["depends_on"]["widgets"]] == CLOUD_PRICE_WIDGETS[name]
+        else:
+            assert not info[name].get("api_node") and not badge, name
