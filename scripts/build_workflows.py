@@ -20,8 +20,10 @@ sys.path[:0] = [str(REPO_ROOT / "tests")]
 
 from comfyui_server import ComfyUIServer  # noqa: E402
 
-REFERENCE = "character_reference.png"
-POSE = "pose_reference.png"
+# the example character the pack copies into ComfyUI's input folder (nodes/first_run.py): every
+# workflow runs out of the box, and choosing another image in Load Image uses the user's own
+REFERENCE = "character_identity_example.png"
+POSE = REFERENCE
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 
@@ -42,7 +44,8 @@ WORKFLOWS = {
             "save": ("SaveImage", [800, 200], {"filename_prefix": "character_identity/reference"}),
         },
         [("load", 0, "prepare", "image"), ("load", 1, "prepare", "mask"), ("prepare", 0, "save", "images")],
-        "Prepare Character Reference: load your character image (ideally with a transparent or plain background); "
+        "Prepare Character Reference: load your character image (ideally with a transparent or plain background; "
+        "the pack's example character is loaded to start with); "
         "the node pads it to a white square at 1024 px, the input InstantCharacter expects. LoadImage's MASK output "
         "marks transparent pixels, so they become background too. Feed the result into any Character Identity "
         "generator node.",
@@ -125,7 +128,8 @@ WORKFLOWS = {
          ("generate", 0, "save", "images"), ("generate", 1, "info", "source")],
         "InstantID on Segmind with a pose photo (the face position to follow) and a style. Key: SEGMIND_API_KEY in "
         "the environment or the keys.ini file — never in a node. The face and pose photos are sent to Segmind "
-        "inside the request. Load the person's photo as character_reference.png and the pose as pose_reference.png.",
+        "inside the request. Both Load Image nodes start with the pack's example character: choose the person's photo "
+        "and a pose photo there.",
     ),
     "local_instantcharacter": (
         {
@@ -213,8 +217,8 @@ WORKFLOWS = {
         "Compare backends: one reference and one prompt into every backend — local InstantCharacter and InstantID, "
         "WaveSpeed, fal and Segmind — and one captioned grid of the results with each one's identity similarity to "
         "the reference (the report names the best). The cloud nodes need their keys (README: API keys); the local "
-        "ones the files in the README's Model files section. Delete the nodes of a backend you do not have: the "
-        "grid shows what is connected.",
+        "ones the files in the README's Model files section. A backend without its key or files does not run: its "
+        "tile in the grid says why, and the others run.",
     ),
     "hybrid_local_and_cloud": (
         {
@@ -263,8 +267,9 @@ WORKFLOWS = {
          ("route", 0, "save", "images"), ("route", 1, "info", "source"), ("route", 2, "why", "source")],
         "Route: InstantID on your GPU when its model files are there and at least min_free_vram_gb of VRAM is free, "
         "Segmind InstantID otherwise — decided when the prompt runs, and only the chosen branch runs (the other "
-        "costs neither credits nor VRAM). prefer = local or cloud forces a branch. The 'why' preview says which "
-        "branch ran and why. The cloud branch needs SEGMIND_API_KEY.",
+        "costs neither credits nor VRAM). It decides once, when it runs, and says so under the node. prefer = local "
+        "or cloud forces a branch. The 'why' preview says which branch ran and why. The cloud branch needs "
+        "SEGMIND_API_KEY.",
     ),
 }
 

@@ -14,20 +14,21 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 from comfyui_server import ComfyUIServer
 
 
-def start_comfyui(base, emulator_servers, extra_args: list[str]) -> ComfyUIServer:
+def start_comfyui(base, emulator_servers, extra_args: list[str], keys: bool = True) -> ComfyUIServer:
     """A real ComfyUI in `base`, its cloud nodes pointed at the emulators. WaveSpeed and fal keys come
-    from the environment, Segmind's from a keys file (both documented ways)."""
+    from the environment, Segmind's from a keys file (both documented ways); keys=False: no key at all
+    (the keys file, read at every call, is there for a test to write)."""
     from cloud_helpers import TEST_KEYS
 
     keys_file = base / "keys.ini"
-    keys_file.write_text(f"[keys]\nSEGMIND_API_KEY = {TEST_KEYS['SEGMIND_API_KEY']}\n")
+    keys_file.write_text(f"[keys]\nSEGMIND_API_KEY = {TEST_KEYS['SEGMIND_API_KEY'] if keys else ''}\n")
     env = {
         "WAVESPEED_BASE_URL": emulator_servers["wavespeed"].url,
         "FAL_QUEUE_URL": emulator_servers["fal"].queue_url,
         "FAL_REST_URL": emulator_servers["fal"].rest_url,
         "SEGMIND_BASE_URL": emulator_servers["segmind"].url,
-        "WAVESPEED_API_KEY": TEST_KEYS["WAVESPEED_API_KEY"],
-        "FAL_KEY": TEST_KEYS["FAL_KEY"],
+        "WAVESPEED_API_KEY": TEST_KEYS["WAVESPEED_API_KEY"] if keys else "",
+        "FAL_KEY": TEST_KEYS["FAL_KEY"] if keys else "",
         "SEGMIND_API_KEY": "",
         "CHARACTER_IDENTITY_KEYS": str(keys_file),
         "CHARACTER_IDENTITY_REQUEST_TIMEOUT": "3",

@@ -223,8 +223,8 @@ def saved_outputs(comfyui, entry) -> list[Image.Image]:
 WORKFLOWS = ["prepare_character_reference", "cloud_providers_side_by_side", "cloud_wavespeed_instantcharacter",
              "cloud_fal_instantcharacter", "cloud_segmind_instantid", "local_instantcharacter", "local_instantid",
              "compare_backends", "hybrid_local_and_cloud", "route_local_or_cloud"]
-# the files the README tells users to put into ComfyUI's input folder
-README_INPUTS = {"character_reference.png", "pose_reference.png"}
+# what the workflows load: the example the pack puts into ComfyUI's input folder (the README names it)
+README_INPUTS = {"character_identity_example.png"}
 
 
 def test_every_shipped_workflow_is_covered():
