@@ -42,6 +42,12 @@ class CompareResults(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, **_):
+        # what can run is checked at every run (a key or a file added since): never a cached grid. The
+        # generators that ran stay cached as ComfyUI caches them.
+        return float("nan")
+
+    @classmethod
     def check_lazy_status(cls, cell_size, **lazy) -> list[str]:
         # ComfyUI asks again once what was asked for is evaluated: the choice is made on the first call
         # (when nothing is evaluated yet) and never widened, so nothing is run or billed twice.

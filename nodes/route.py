@@ -72,6 +72,12 @@ class RouteLocalOrCloud(io.ComfyNode):
             enable_expand=True,
         )
 
+    @classmethod
+    def fingerprint_inputs(cls, prefer, min_free_vram_gb, **_links):
+        # auto decides at every run (files added, memory freed): never a cached decision. The chosen
+        # branch's own nodes stay cached as ComfyUI caches them.
+        return float("nan") if prefer == "auto" else prefer
+
     # No check_lazy_status: ComfyUI asks it again after every input it evaluates, and a second answer
     # would be a second decision. The lazy inputs stay unevaluated; execute links the chosen ones.
 

@@ -12,7 +12,7 @@ import sys
 from comfyui_server import PACK_NAME, REPO_ROOT, comfyui_dir
 
 SCRIPT = r"""
-import asyncio, json, os, sys, tempfile
+import asyncio, copy, json, os, sys, tempfile
 comfy_root, pack_root, pack_name = sys.argv[1:4]
 cases = json.loads(sys.stdin.read())
 sys.path.insert(0, comfy_root)
@@ -56,20 +56,26 @@ asyncio.run(load())
 reports = []
 for current in cases:
     readings.clear()
-    stub = server.PromptServer.instance = Server()      # after loading: no HTTP routes to register
-    valid = asyncio.run(execution.validate_prompt("prompt", current["prompt"], None))
-    assert valid[0], valid
-    executor = execution.PromptExecutor(stub, cache_args={"lru": 0, "ram": 0})
-    executor.execute(current["prompt"], "prompt", {"client_id": "engine"}, valid[2])
-    reports.append({"events": stub.events, "readings": list(readings), "success": executor.success,
-                    "outputs": executor.history_result["outputs"]})
+    executor = None
+    for run in range(current.get("runs", 1)):      # queued again: the same executor and its cache
+        taken = len(readings)
+        stub = server.PromptServer.instance = Server()      # after loading: no HTTP routes to register
+        prompt = copy.deepcopy(current["prompt"])          # a queued prompt is a new object each time
+        valid = asyncio.run(execution.validate_prompt("prompt", prompt, None))
+        assert valid[0], valid
+        executor = executor or execution.PromptExecutor(stub, cache_args={"lru": 0, "ram": 0})
+        executor.server = stub
+        executor.execute(prompt, f"prompt-{run}", {"client_id": "engine"}, valid[2])
+        reports.append({"events": stub.events, "readings": readings[taken:], "success": executor.success,
+                        "outputs": executor.history_result["outputs"]})
 print("REPORT " + json.dumps(reports, default=str))
 """
 
 
 def run_prompts(cases: list[dict]) -> list[dict]:
-    """Each case: {"prompt": API prompt, "free_vram_gb": [reading 1, reading 2, …]} (the last repeats).
-    Returns per case: the events in order, the readings taken, success, and the output nodes' ui."""
+    """Each case: {"prompt": API prompt, "free_vram_gb": [reading 1, reading 2, …] (the last repeats),
+    "runs": how often it is queued (default 1)}. Returns per run: the events in order, the readings
+    taken, success, and the output nodes' ui."""
     result = subprocess.run([sys.executable, "-c", SCRIPT, str(comfyui_dir() / "ComfyUI"), str(REPO_ROOT), PACK_NAME],
                             input=json.dumps(cases), capture_output=True, text=True, timeout=300)
     lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]

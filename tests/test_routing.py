@@ -53,13 +53,16 @@ def route_prompt(prefer: str) -> dict:
 
 @pytest.fixture(scope="module")
 def engine_runs():
-    """One engine process for both cases: free VRAM 40 GB at the first reading and 2 GB after it (a
-    resident local run took it), and the other way round."""
+    """One engine process for all cases: free VRAM 40 GB at the first reading and 2 GB after it (a
+    resident local run took it), the other way round, and that prompt queued twice."""
     from comfyui_engine import run_prompts
 
-    cases = {"auto_local": (route_prompt("auto"), [40.0, 2.0]), "auto_cloud": (route_prompt("auto"), [2.0, 40.0])}
-    reports = run_prompts([{"prompt": prompt, "free_vram_gb": readings} for prompt, readings in cases.values()])
-    return dict(zip(cases, reports))
+    cases = {"auto_local": (route_prompt("auto"), [40.0, 2.0], 1), "auto_cloud": (route_prompt("auto"), [2.0, 40.0], 1),
+             "queued_twice": (route_prompt("auto"), [2.0, 40.0], 2)}
+    reports = iter(run_prompts([{"prompt": prompt, "free_vram_gb": readings, "runs": runs}
+                                for prompt, readings, runs in cases.values()]))
+    return {name: [next(reports) for _ in range(runs)] if runs > 1 else next(reports)
+            for name, (_, _, runs) in cases.items()}
 
 
 def outputs(report) -> tuple[str, str]:
@@ -88,3 +91,13 @@ def test_auto_with_too_little_free_vram_runs_only_the_cloud_branch(engine_runs):
                                '{"backend": "cloud"}')
     assert report["readings"] == [2.0]
     assert CLOUD_NODES <= set(executed(report)) and not LOCAL_NODES & set(executed(report))
+
+
+def test_auto_decides_again_when_the_same_prompt_is_queued_again(engine_runs):
+    """A cached decision would keep a stale branch: memory freed since (or files added) counts."""
+    from comfyui_engine import executed
+
+    first, second = engine_runs["queued_twice"]
+    assert outputs(first)[0].startswith("cloud: 2.0 GB") and outputs(second)[0].startswith("local: all local")
+    assert first["readings"] == [2.0] and second["readings"] == [40.0]
+    assert LOCAL_NODES <= set(executed(second)) and "3" not in executed(second)      # the cloud branch: cached
