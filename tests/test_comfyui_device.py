@@ -106,7 +106,15 @@ def test_the_waiting_node_names_the_holder_and_cancel_ends_its_wait_without_taki
     async def watch():
         texts, progress = {"2": [], "3": []}, {"2": [], "3": []}
         client_id = "device-watch"
-        interrupted = False
+        waiter, interrupted, outcome = None, False, None
+
+        async def cancel_once_both_are_in_place():
+            # Cancel while one node denoises (a step reported) and the other waits for the device
+            nonlocal interrupted
+            holder = {"2": "3", "3": "2"}.get(waiter)
+            if holder is not None and progress[holder] and not interrupted:
+                interrupted = True
+                await asyncio.to_thread(comfyui.post_json, "/interrupt", {})
         async with aiohttp.ClientSession() as session:
             async with session.ws_connect(f"{comfyui.url}/ws?clientId={client_id}") as ws:
                 status, body = await asyncio.to_thread(comfyui.post_json, "/prompt",
@@ -118,17 +126,22 @@ def test_the_waiting_node_names_the_holder_and_cancel_ends_its_wait_without_taki
                         node = message.data[8:8 + node_length].decode()
                         text = message.data[8 + node_length:].decode()
                         texts.setdefault(node, []).append(text)
-                        if "waiting for the" in text and not interrupted:
-                            interrupted = True
-                            await asyncio.sleep(0.3)          # the holder is denoising, the other waits
-                            await asyncio.to_thread(comfyui.post_json, "/interrupt", {})
+                        if "waiting for the" in text:
+                            waiter = node
+                            await cancel_once_both_are_in_place()
                     elif message.type == aiohttp.WSMsgType.TEXT:
                         data = json.loads(message.data)
                         if data["type"] == "progress" and data["data"].get("node") in progress:
                             progress[data["data"]["node"]].append(data["data"]["value"])
+                            await cancel_once_both_are_in_place()
                         if data["type"] in ("execution_interrupted", "execution_success", "execution_error") and \
                                 data["data"].get("prompt_id") == body["prompt_id"]:
-                            return data["type"], texts, progress
+                            outcome = data["type"]
+                        # sent once the prompt's event loop has closed and its worker threads ended:
+                        # whatever the waiter did after the Cancel has been said by then
+                        if data["type"] == "executing" and data["data"].get("node") is None and \
+                                data["data"].get("prompt_id") == body["prompt_id"]:
+                            return outcome, texts, progress
         return None, texts, progress
 
     kind, texts, progress = asyncio.run(asyncio.wait_for(watch(), 240))

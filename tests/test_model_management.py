@@ -137,3 +137,56 @@ def test_the_room_asked_of_comfyui_includes_its_inference_margin():
 def test_every_pipeline_meets_one_queue_per_device():
     report = run_host_script(MARGIN_SCRIPT)
     assert report.get("one_queue_per_device") and report.get("devices_apart")
+
+
+CANCEL_SCRIPT = IMPORT_HOST + r"""
+import asyncio, json, threading, time
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+import comfy.model_management as mm
+import comfy.utils
+import torch
+# no ComfyUI server runs in this process: progress texts go nowhere
+sys.modules["server"] = types.SimpleNamespace(PromptServer=types.SimpleNamespace(instance=None))
+# the first thing ComfyUI's progress hook (main.py, hijack_progress) does at each step of any node
+comfy.utils.set_progress_bar_global_hook(
+    lambda value, total, preview, prompt_id=None, node_id=None: mm.throw_exception_if_processing_interrupted())
+
+runtime = importlib.import_module("charid.nodes.runtime")
+from charid.pipelines.contract import GenerationInterrupted
+from charid.pipelines.local.device_queue import DeviceQueue, run_on_device
+
+queue = DeviceQueue("cpu")
+holding = queue.join("node 2, InstantCharacter (local)")
+assert holding.try_take()
+holder, waiter = runtime.ComfyRunContext("2"), runtime.ComfyRunContext("3")
+ran = []
+
+def the_holders_next_step():
+    time.sleep(0.3)
+    mm.interrupt_current_processing(True)          # POST /interrupt
+    holder.report_progress(1, 30)                  # its step's hook raises, and clears ComfyUI's flag
+    holding.finish()                               # it stops and gives the device back at once
+
+async def wait_for_the_device():
+    threading.Thread(target=the_holders_next_step).start()
+    try:
+        await run_on_device(queue, torch.device("cpu"), "InstantID (local)", waiter, lambda: ran.append(1),
+                            threading.Event())
+        return "took the device"
+    except GenerationInterrupted as exc:
+        return str(exc)
+
+outcome = asyncio.run(wait_for_the_device())
+print("REPORT " + json.dumps({"outcome": outcome, "work_ran": bool(ran), "holder_saw_cancel": holder.interrupted(),
+                              "flag": mm.processing_interrupted()}))
+"""
+
+
+def test_a_cancel_one_node_consumed_still_reaches_the_node_waiting_for_the_device():
+    """ComfyUI's progress hook clears the interrupt flag as it raises for the node whose step it is;
+    the node waiting for the device must still see the Cancel when that node gives the device back."""
+    report = run_host_script(CANCEL_SCRIPT)
+    assert report["holder_saw_cancel"] and report["flag"]
+    assert report["outcome"] == "InstantID (local): cancelled while waiting for the CPU"
+    assert not report["work_ran"]
