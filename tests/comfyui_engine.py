@@ -12,7 +12,7 @@ import sys
 from comfyui_server import PACK_NAME, REPO_ROOT, comfyui_dir
 
 SCRIPT = r"""
-import asyncio, copy, json, os, sys, tempfile
+import asyncio, collections, copy, json, os, sys, tempfile
 comfy_root, pack_root, pack_name = sys.argv[1:4]
 cases = json.loads(sys.stdin.read())
 sys.path.insert(0, comfy_root)
@@ -63,7 +63,9 @@ for current in cases:
         prompt = copy.deepcopy(current["prompt"])          # a queued prompt is a new object each time
         valid = asyncio.run(execution.validate_prompt("prompt", prompt, None))
         assert valid[0], valid
-        executor = executor or execution.PromptExecutor(stub, cache_args={"lru": 0, "ram": 0})
+        # ComfyUI's classic cache (its default before RAM pressure); cache_args grew keys over versions
+        executor = executor or execution.PromptExecutor(stub, cache_type=execution.CacheType.CLASSIC,
+                                                        cache_args=collections.defaultdict(float))
         executor.server = stub
         executor.execute(prompt, f"prompt-{run}", {"client_id": "engine"}, valid[2])
         reports.append({"events": stub.events, "readings": readings[taken:], "success": executor.success,
