@@ -35,7 +35,11 @@ ln -sfn "$REPO_ROOT" "$HOME_DIR/custom_nodes/$PACK_NAME"
 if [ "$WITH_TESTS" = 1 ]; then
   step "test tools (pyproject.toml [project.optional-dependencies] test)"
   "$PY" - "$REPO_ROOT/pyproject.toml" > "$COMFYUI_DIR/downloads/test-requirements.txt" <<'PYEOF'
-import sys, tomllib
+import sys
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pip (in every venv) carries the same parser as tomli
+    from pip._vendor import tomli as tomllib
 print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["test"]))
 PYEOF
   "${PIP[@]}" install -c "$COMFYUI_DIR/constraints.txt" -r "$COMFYUI_DIR/downloads/test-requirements.txt" "torch==$TORCH_VERSION"
