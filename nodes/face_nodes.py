@@ -38,17 +38,24 @@ class FaceModelsLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, antelopev2) -> bool | str:
-        if antelopev2 == files.NONE_FOUND:
-            return f"antelopev2: no face models found; get {files.WHERE_TO_GET[files.INSIGHTFACE_FOLDER]}"
+    def validate_inputs(cls, antelopev2) -> bool:
+        """At queue time only a name that could leave the model folders is refused: a graph whose
+        face models never load (an unchosen local branch) queues without them."""
+        lines = files.check_names({"antelopev2": antelopev2})
+        if lines:
+            raise files.InputProblems(lines)
         return True
 
     @classmethod
     def plan(cls, antelopev2, **_):
-        """The antelopev2 folder these widget values name, checked to hold the two files."""
+        """The antelopev2 folder these widget values name: a listed folder that holds the two files
+        (FileNotFoundError / FaceAnalysisError naming what is missing and where to get it)."""
         from ..pipelines.local.faces import find_antelopev2
 
-        return find_antelopev2(files.find_folder(files.INSIGHTFACE_FOLDER, antelopev2))
+        if unsafe := files.check_names({"antelopev2": antelopev2}):
+            raise FileNotFoundError("\n".join(unsafe))
+        folder = files.listed_folder("antelopev2", antelopev2, files.INSIGHTFACE_FOLDER, files.antelopev2_folders())
+        return find_antelopev2(folder)
 
     @classmethod
     def execute(cls, antelopev2, provider) -> io.NodeOutput:

@@ -38,6 +38,43 @@ def _folder_choice(value: str) -> tuple[bool, str]:
     return False, value
 
 
+PART_INPUTS = {"sdxl": "sdxl_model", "identitynet": "identitynet", "adapter": "adapter", "lcm_lora": "lcm_lora"}
+
+
+def _resolve(name: str, value) -> str:
+    """A listed file or folder for one of the loader's inputs (FileNotFoundError naming it otherwise)."""
+    if name == "sdxl_model":
+        is_folder, choice = _folder_choice(value) if isinstance(value, str) else (False, value)
+        if is_folder:
+            return files.listed_folder(name, choice, "diffusers", files._folders_with("diffusers", "model_index.json"))
+        return files.listed_file(name, choice, ("checkpoints",), files.CHECKPOINT_EXTENSIONS)
+    if name == "identitynet":
+        is_folder, choice = _folder_choice(value) if isinstance(value, str) else (False, value)
+        if is_folder:
+            return files.listed_folder(name, choice, "controlnet", files._folders_with("controlnet", "config.json"))
+        return files.listed_file(name, choice, ("controlnet",), (".safetensors",))
+    if name == "adapter":
+        return files.listed_file(name, value, (files.INSTANTID_FOLDER,), tuple(files.ADAPTER_EXTENSIONS))
+    return files.listed_file(name, value, ("loras",), (".safetensors",))
+
+
+def _loader_problems(values: dict) -> tuple[dict, list[str], list[str]]:
+    """(input → path of each listed file or folder, a line per input whose file is not there, a line
+    per file that is not what its input needs). A linked input (None at queue time) counts as missing."""
+    from ..pipelines.local.instantid.loading import instantid_problems
+
+    found, missing = {}, []
+    for name, value in values.items():
+        if name == "lcm_lora" and value == NO_LCM:
+            continue
+        try:
+            found[name] = _resolve(name, value)
+        except FileNotFoundError as exc:
+            missing.append(str(exc))
+    problems = instantid_problems(**{part: found.get(name) for part, name in PART_INPUTS.items()})
+    return found, missing, [f"{PART_INPUTS[part]}: {text}" for part, text in problems]
+
+
 class InstantIDLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -66,38 +103,34 @@ class InstantIDLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, sdxl_model, identitynet, adapter) -> bool | str:
-        for name, value, kind in (("sdxl_model", sdxl_model, "checkpoints"), ("identitynet", identitynet, "controlnet"),
-                                  ("adapter", adapter, files.INSTANTID_FOLDER)):
-            if value == files.NONE_FOUND:
-                return f"{name}: no model found; put {files.WHERE_TO_GET[kind]} into models/{kind}"
-        is_folder, name = _folder_choice(sdxl_model)
-        if not is_folder:                 # a checkpoint that is not SDXL is refused by name at queue time
-            from ..pipelines.local.instantid.loading import checkpoint_keys, describe_non_sdxl
-            from ..pipelines.local.weights import ModelFileError
-
-            try:
-                kind = describe_non_sdxl(checkpoint_keys(files.find_file(("checkpoints",), name)))
-            except (ModelFileError, FileNotFoundError) as exc:
-                return f"sdxl_model: {exc}"
-            if kind:
-                return f"sdxl_model: {name} is {kind}; InstantID needs an SDXL checkpoint"
+    def validate_inputs(cls, sdxl_model, identitynet, adapter, lcm_lora) -> bool:
+        """At queue time: names that could leave the model folders, and the kind of each chosen file
+        that is there (read from its header; each problem once, under its own input's name). A file
+        the user does not have is not refused here: only a loader that runs needs it."""
+        values = dict(sdxl_model=sdxl_model, identitynet=identitynet, adapter=adapter, lcm_lora=lcm_lora)
+        lines = files.check_names(values) or _loader_problems(values)[2]
+        if lines:
+            raise files.InputProblems(lines)
         return True
 
     @classmethod
     def plan(cls, sdxl_model, identitynet, adapter, lcm_lora=NO_LCM, **_):
-        """The files these widget values name, checked to exist (FileNotFoundError / ModelFileError
-        otherwise); also asked by the route node before it picks the local branch."""
+        """The files these widget values name: only names in their folders' current lists, each what
+        its input needs (FileNotFoundError / ModelFileError naming the input otherwise); also asked by
+        the route node before it picks the local branch."""
         from ..pipelines.local.instantid.loading import InstantIDFiles
+        from ..pipelines.local.weights import ModelFileError
 
-        is_folder, name = _folder_choice(sdxl_model)
-        sdxl = files.find_folder("diffusers", name) if is_folder else files.find_file(("checkpoints",), name)
-        is_folder, name = _folder_choice(identitynet)
-        controlnet = files.find_folder("controlnet", name) if is_folder else files.find_file(("controlnet",), name)
-        plan = InstantIDFiles(
-            sdxl=sdxl, identitynet=controlnet, adapter=files.find_file((files.INSTANTID_FOLDER,), adapter),
-            clip_tokenizer=files.tokenizer_folders()[0],
-            lcm_lora=None if lcm_lora == NO_LCM else files.find_file(("loras",), lcm_lora))
+        values = dict(sdxl_model=sdxl_model, identitynet=identitynet, adapter=adapter, lcm_lora=lcm_lora)
+        if unsafe := files.check_names(values):
+            raise FileNotFoundError("\n".join(unsafe))
+        found, missing, problems = _loader_problems(values)
+        if missing:
+            raise FileNotFoundError("\n".join(missing))
+        if problems:
+            raise ModelFileError("\n".join(problems))
+        plan = InstantIDFiles(sdxl=found["sdxl_model"], identitynet=found["identitynet"], adapter=found["adapter"],
+                              clip_tokenizer=files.tokenizer_folders()[0], lcm_lora=found.get("lcm_lora"))
         plan.check()                                  # every file there before any weight loads
         return plan
 

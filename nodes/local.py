@@ -45,6 +45,12 @@ def dtype_input(tooltip: str) -> io.Combo.Input:
     return io.Combo.Input("dtype", options=list(DTYPES), default="auto", tooltip=tooltip)
 
 
+FLUX_PART_INPUTS = {"transformer": "flux_model", "vae": "vae", "clip_l": "clip_l", "t5xxl": "t5xxl"}
+FLUX_PART_FOLDERS = {"vae": ("vae",), "clip_l": ("text_encoders",), "t5xxl": ("text_encoders",)}
+IMAGE_ENCODER_TYPES = {"siglip": (("siglip", "siglip_vision_model"), "google/siglip-so400m-patch14-384"),
+                       "dinov2": (("dinov2",), "facebook/dinov2-giant")}
+
+
 class InstantCharacterLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -52,15 +58,22 @@ class InstantCharacterLoader(io.ComfyNode):
             node_id=node_id("InstantCharacterLoader"), display_name="Load InstantCharacter (local)",
             category=CATEGORY_LOCAL,
             description="FLUX.1-dev + SigLIP + DINOv2 + the InstantCharacter adapter from your model folders. "
-                        "FLUX from a diffusers folder (models/diffusers) or the single files ComfyUI uses "
-                        "(diffusion_models + vae + text_encoders). Nothing is downloaded.",
+                        "FLUX from a diffusers folder (models/diffusers), an all-in-one FLUX checkpoint "
+                        "(models/checkpoints) or the single files ComfyUI uses (diffusion_models + vae + "
+                        "text_encoders). Nothing is downloaded.",
             inputs=[
                 io.Combo.Input("flux_model", options=files.flux_model_options(),
-                               tooltip="A FLUX.1-dev transformer file (models/diffusion_models) or a diffusers folder."),
-                io.Combo.Input("vae", options=files.vae_options(), tooltip="ae.safetensors (models/vae)."),
-                io.Combo.Input("clip_l", options=files.text_encoder_options(), tooltip="models/text_encoders"),
+                               tooltip="A FLUX.1-dev transformer file (models/diffusion_models), an all-in-one FLUX "
+                                       "checkpoint (models/checkpoints) or a diffusers folder (models/diffusers)."),
+                io.Combo.Input("vae", options=files.vae_options(),
+                               tooltip="ae.safetensors (models/vae); '(from flux_model)' takes the diffusers "
+                                       "folder's or the checkpoint's."),
+                io.Combo.Input("clip_l", options=files.text_encoder_options(),
+                               tooltip="models/text_encoders; '(from flux_model)' takes the folder's or the "
+                                       "checkpoint's."),
                 io.Combo.Input("t5xxl", options=files.text_encoder_options(),
-                               tooltip="models/text_encoders (fp16, or fp8 'scaled')"),
+                               tooltip="models/text_encoders (fp16, or fp8 'scaled'); '(from flux_model)' takes the "
+                                       "folder's or the checkpoint's."),
                 io.Combo.Input("siglip", options=files.image_encoder_options(),
                                tooltip="Hugging Face folder of google/siglip-so400m-patch14-384 in models/clip_vision"),
                 io.Combo.Input("dinov2", options=files.image_encoder_options(),
@@ -79,45 +92,39 @@ class InstantCharacterLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, flux_model, vae, clip_l, t5xxl, siglip, dinov2, adapter, weight_format) -> bool | str:
-        if flux_model.endswith(".gguf") and weight_format != "dtype":
-            return "weight_format: a GGUF file is already quantized; choose 'dtype' for it"
-        if weight_format == "nf4" and (problem := nf4_unavailable()):
-            return f"weight_format nf4 needs a CUDA GPU and bitsandbytes; {problem}. Choose fp8_e4m3fn or a GGUF file"
-        for name, value in (("flux_model", flux_model), ("siglip", siglip), ("dinov2", dinov2), ("adapter", adapter)):
-            if value == files.NONE_FOUND:
-                kind = {"flux_model": "diffusion_models", "adapter": "instantcharacter"}.get(name, "clip_vision")
-                return f"{name}: no model found; put {files.WHERE_TO_GET[kind]} into models/{kind}"
-        if not flux_model.endswith(files.FOLDER_SUFFIX):
-            missing = [name for name, value in (("vae", vae), ("clip_l", clip_l), ("t5xxl", t5xxl))
-                       if value == files.FROM_FOLDER]
-            if missing:
-                return (f"{', '.join(missing)}: a single FLUX transformer file needs its own VAE and text encoder "
-                        "files (or choose a diffusers folder as flux_model)")
+    def validate_inputs(cls, flux_model, vae, clip_l, t5xxl, siglip, dinov2, adapter, weight_format) -> bool:
+        """At queue time: names that could leave the model folders, choices that cannot work together,
+        and the kind and sizes of every chosen file that is there (read from its header). A file the
+        user does not have is not refused here: only a loader that runs needs it. Taking every file
+        input here also keeps ComfyUI versions that check combo values from refusing such a name."""
+        values = dict(flux_model=flux_model, vae=vae, clip_l=clip_l, t5xxl=t5xxl, siglip=siglip, dinov2=dinov2,
+                      adapter=adapter)
+        lines = files.check_names(values) or _loader_problems(values, weight_format)[2]
+        if lines:
+            raise files.InputProblems(lines)
         return True
 
     @classmethod
-    def plan(cls, flux_model, vae, clip_l, t5xxl, siglip, dinov2, adapter, **_):
-        """The files these widget values name, checked to exist (FileNotFoundError / ModelFileError
-        otherwise); also asked by the route node before it picks the local branch."""
-        from ..pipelines.local.instantcharacter.loading import FluxFiles, InstantCharacterFiles
+    def plan(cls, flux_model, vae, clip_l, t5xxl, siglip, dinov2, adapter, weight_format=None, **_):
+        """The files these widget values name: only names in their folders' current lists, each what
+        its input needs (FileNotFoundError / ModelFileError naming the input otherwise); also asked by
+        the route node before it picks the local branch."""
+        from ..pipelines.local.instantcharacter.loading import InstantCharacterFiles
+        from ..pipelines.local.weights import ModelFileError
 
-        def chosen(kinds, value):
-            return None if value == files.FROM_FOLDER else files.find_file(kinds, value)
-
-        if flux_model.endswith(files.FOLDER_SUFFIX):
-            flux = FluxFiles(folder=files.find_folder("diffusers", flux_model[: -len(files.FOLDER_SUFFIX)]),
-                             vae=chosen(("vae",), vae), clip_l=chosen(("text_encoders",), clip_l),
-                             t5xxl=chosen(("text_encoders",), t5xxl))
-        else:
-            flux = FluxFiles(transformer=files.find_file(("diffusion_models", files.GGUF_FOLDER), flux_model),
-                             vae=chosen(("vae",), vae), clip_l=chosen(("text_encoders",), clip_l),
-                             t5xxl=chosen(("text_encoders",), t5xxl))
+        values = dict(flux_model=flux_model, vae=vae, clip_l=clip_l, t5xxl=t5xxl, siglip=siglip, dinov2=dinov2,
+                      adapter=adapter)
+        if unsafe := files.check_names(values):
+            raise FileNotFoundError("\n".join(unsafe))
+        found, missing, problems = _loader_problems(values, weight_format)
+        if missing:
+            raise FileNotFoundError("\n".join(missing))
+        if problems:
+            raise ModelFileError("\n".join(problems))
         clip_tokenizer, t5_tokenizer = files.tokenizer_folders()
-        plan = InstantCharacterFiles(flux=flux, siglip=files.find_folder("clip_vision", siglip),
-                                     dinov2=files.find_folder("clip_vision", dinov2),
-                                     adapter=files.find_file((files.INSTANTCHARACTER_FOLDER,), adapter),
-                                     clip_tokenizer=clip_tokenizer, t5_tokenizer=t5_tokenizer)
+        plan = InstantCharacterFiles(flux=found["flux"], siglip=found["siglip"], dinov2=found["dinov2"],
+                                     adapter=found["adapter"], clip_tokenizer=clip_tokenizer,
+                                     t5_tokenizer=t5_tokenizer)
         plan.check()                                  # every file there before any weight loads
         return plan
 
@@ -128,7 +135,7 @@ class InstantCharacterLoader(io.ComfyNode):
 
         from ..pipelines.local.instantcharacter.loading import build_pipeline
 
-        plan = cls.plan(flux_model, vae, clip_l, t5xxl, siglip, dinov2, adapter)
+        plan = cls.plan(flux_model, vae, clip_l, t5xxl, siglip, dinov2, adapter, weight_format)
         device = mm.get_torch_device()                # honours --cpu and ComfyUI's device choice
         torch_dtype = resolve_dtype(dtype, device)
         # weights load to the CPU; ComfyUI makes room and places them when a phase needs them
@@ -136,6 +143,106 @@ class InstantCharacterLoader(io.ComfyNode):
                                   weight_format=weight_format, host=ComfyModelManagement(InstantCharacterWeights))
         sources = {"flux": flux_model, "siglip": siglip, "dinov2": dinov2, "adapter": adapter}
         return io.NodeOutput(LoadedInstantCharacter(pipeline, memory_mode, sources))
+
+
+def _flux_choice(flux_model) -> tuple[dict, list[str]]:
+    """flux_model → FluxFiles fields ({"folder": …} / {"checkpoint": …} / {"transformer": …}), or no
+    fields and the line saying why (not chosen — linked —, or not there)."""
+    from ..pipelines.local.model_kinds import is_flux_checkpoint
+
+    if not isinstance(flux_model, str):
+        return {}, ["flux_model: no model chosen"]
+    try:
+        if flux_model.endswith(files.FOLDER_SUFFIX):
+            name = flux_model[: -len(files.FOLDER_SUFFIX)]
+            return {"folder": files.listed_folder("flux_model", name, "diffusers",
+                                                  files._folders_with("diffusers", "model_index.json"))}, []
+        if flux_model.endswith(files.CHECKPOINT_SUFFIX):
+            name = flux_model[: -len(files.CHECKPOINT_SUFFIX)]
+            return {"checkpoint": files.listed_file("flux_model", name, ("checkpoints",), files.CHECKPOINT_EXTENSIONS)}, []
+        path = files.listed_file("flux_model", flux_model, ("diffusion_models", files.GGUF_FOLDER),
+                                 files.FLUX_FILE_EXTENSIONS)
+        return ({"checkpoint": path} if is_flux_checkpoint(path) else {"transformer": path}), []
+    except FileNotFoundError as exc:
+        if flux_model == files.NONE_FOUND:
+            exc = files.missing("flux_model", None, ("diffusion_models", "checkpoints", "diffusers"), "FLUX model")
+        return {}, [str(exc)]
+
+
+def _loader_problems(values: dict, weight_format) -> tuple[dict, list[str], list[str]]:
+    """(what was found, a line per input whose file is not there — or not known: linked —, a line per
+    problem with what is there: wrong kinds, sizes that do not fit, choices that cannot work together)."""
+    from ..pipelines.local.instantcharacter.loading import FluxFiles, adapter_problem, flux_problems
+
+    problems: list[str] = []
+    flux_model = values["flux_model"]
+    if isinstance(flux_model, str) and flux_model.endswith(".gguf") and weight_format not in (None, "dtype"):
+        problems.append("weight_format: a GGUF file is already quantized; choose 'dtype' for it")
+    if weight_format == "nf4" and (problem := nf4_unavailable()):
+        problems.append(f"weight_format nf4 needs a CUDA GPU and bitsandbytes; {problem}. Choose fp8_e4m3fn or a "
+                        "GGUF file")
+    fields, missing = _flux_choice(flux_model)
+    has_source = bool(fields)
+    skip = set() if has_source else {"transformer"}
+    for part, folders in FLUX_PART_FOLDERS.items():
+        value = values[part]
+        if value in files.FROM_MODEL_VALUES:
+            if "transformer" in fields:
+                title = {"vae": "VAE", "clip_l": "CLIP-L", "t5xxl": "T5-XXL"}[part]
+                problems.append(f"{part}: a single FLUX transformer file needs its own {title} file (or choose a "
+                                "diffusers folder or an all-in-one checkpoint as flux_model)")
+            elif not has_source:
+                skip.add(part)
+            continue
+        try:
+            fields[part] = files.listed_file(part, value, folders, files.CHECKPOINT_EXTENSIONS)
+        except FileNotFoundError as exc:
+            skip.add(part)
+            missing.append(str(exc))
+    flux = FluxFiles(**fields)
+    found = {"flux": flux}
+    problems += [f"{FLUX_PART_INPUTS[part]}: {text}" for part, text in flux_problems(flux, tuple(skip))]
+    for name in ("siglip", "dinov2"):
+        try:
+            found[name] = files.listed_folder(name, values[name], "clip_vision", files.image_encoder_options())
+        except FileNotFoundError as exc:
+            missing.append(str(exc))
+            continue
+        problems += _image_encoder_problem(name, values[name], found[name])
+    try:
+        found["adapter"] = files.listed_file("adapter", values["adapter"], (files.INSTANTCHARACTER_FOLDER,),
+                                             tuple(files.ADAPTER_EXTENSIONS))
+    except FileNotFoundError as exc:
+        missing.append(str(exc))
+    else:
+        problem = _header_problem(lambda: adapter_problem(found["adapter"]))
+        problems += [f"adapter: {problem}"] if problem else []
+    return found, missing, problems
+
+
+def _header_problem(check) -> str | None:
+    from ..pipelines.local.weights import ModelFileError
+
+    try:
+        return check()
+    except ModelFileError as exc:
+        return str(exc).partition(": ")[2] or str(exc)
+
+
+def _image_encoder_problem(name: str, value: str, folder: str) -> list[str]:
+    """A SigLIP folder chosen as DINOv2 or the other way round, from its config.json's model_type."""
+    import json
+    import os
+
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
+            model_type = json.load(handle).get("model_type", "")
+    except (OSError, ValueError):
+        return [f"{name}: {value} has no readable config.json; it is not a Hugging Face model folder"]
+    accepted, wanted = IMAGE_ENCODER_TYPES[name]
+    if model_type not in accepted:
+        return [f"{name}: {value} is a {model_type or 'model of unknown type'} folder; choose {wanted}"]
+    return []
 
 
 def nf4_unavailable() -> str | None:

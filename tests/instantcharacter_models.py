@@ -9,6 +9,9 @@ Layouts written (what users have):
 - ComfyUI single files: the FLUX transformer in the BFL layout, ae.safetensors in the original
   (LDM) VAE layout, clip_l and t5xxl with Hugging Face key names — converted with ComfyUI's own
   key maps (comfy.utils.flux_to_diffusers, comfy.diffusers_convert), an oracle independent of the pack;
+- the same four in one all-in-one checkpoint, as Comfy-Org's flux1-dev-fp8.safetensors holds them
+  (`model.diffusion_model.*`, `vae.*`, `text_encoders.clip_l.*`, `text_encoders.t5xxl.*`; the key
+  set is checked against ComfyUI's own save layout in tests/test_model_files.py);
 - SigLIP and DINOv2 as Hugging Face folders;
 - the adapter in the official format (`image_proj` / `ip_adapter`, .bin) and as flat .safetensors.
 
@@ -171,6 +174,7 @@ class TinyFiles:
     dinov2_folder: Path
     adapter_bin: Path
     adapter_safetensors: Path
+    checkpoint_file: Path          # the all-in-one checkpoint of the same weights
 
 
 def _comfy_modules():
@@ -261,6 +265,28 @@ def write_gguf(state: dict, path: Path) -> None:
     writer.close()
 
 
+# the prefixes of ComfyUI's Flux checkpoint (supported_models.Flux: unet, vae, text encoders; the
+# text encoders' own models add "transformer.", their logit_scale sits beside it)
+CHECKPOINT_PREFIXES = {"transformer": "model.diffusion_model.", "vae": "vae.", "clip_l": "text_encoders.clip_l.",
+                       "t5xxl": "text_encoders.t5xxl."}
+
+
+def all_in_one_state(transformer_state: dict, vae_state: dict, clip_state: dict, t5_state: dict) -> dict:
+    """Four single files' tensors as one FLUX all-in-one checkpoint. ComfyUI saves CLIP-L's text
+    projection and a logit scale per text encoder too (FLUX uses neither); they are written as well."""
+    out = {CHECKPOINT_PREFIXES["transformer"] + k: v for k, v in transformer_state.items()}
+    out.update({CHECKPOINT_PREFIXES["vae"] + k: v for k, v in vae_state.items()})
+    clip = CHECKPOINT_PREFIXES["clip_l"]
+    out.update({f"{clip}transformer.{k}": v for k, v in clip_state.items()})
+    width = clip_state["text_model.embeddings.token_embedding.weight"].shape[1]
+    out[f"{clip}transformer.text_projection.weight"] = torch.eye(width, dtype=torch.float32)
+    out[f"{clip}logit_scale"] = torch.tensor(4.6055)
+    t5 = CHECKPOINT_PREFIXES["t5xxl"]
+    out.update({f"{t5}transformer.{k}": v for k, v in t5_state.items()})
+    out[f"{t5}logit_scale"] = torch.tensor(4.6055)
+    return out
+
+
 def ldm_vae_state(model) -> dict:
     _, diffusers_convert = _comfy_modules()
     return diffusers_convert.convert_vae_state_dict(model.state_dict())
@@ -306,6 +332,15 @@ def build_tiny_files(root: Path) -> TinyFiles:
     save_file(contiguous({k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in bfl.items()}),
               singles / "flux1-dev-tiny-fp8_e4m3fn.safetensors")
     write_gguf(bfl, singles / "flux1-dev-tiny-Q8_0.gguf")
+    files["checkpoint_file"] = singles / "flux1-dev-tiny-allinone.safetensors"
+    save_file(contiguous(all_in_one_state(bfl, ldm_vae_state(parts["vae"]), clip_state, t5_state)),
+              files["checkpoint_file"])
+    # as Comfy-Org's flux1-dev-fp8.safetensors: transformer and T5 in fp8, CLIP-L in fp16, the VAE in bf16
+    fp8 = all_in_one_state({k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in bfl.items()},
+                           {k: v.to(torch.bfloat16) for k, v in ldm_vae_state(parts["vae"]).items()},
+                           {k: v.to(torch.float16) for k, v in clip_state.items()},
+                           {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in t5_state.items()})
+    save_file(contiguous(fp8), singles / "flux1-dev-tiny-allinone-fp8.safetensors")
 
     encoders = root / "clip_vision"
     siglip_folder, dinov2_folder = encoders / "siglip-tiny", encoders / "dinov2-tiny"
@@ -353,6 +388,7 @@ def install_into_models(files: TinyFiles, models: Path) -> dict[str, str]:
         files.dinov2_folder: models / "clip_vision" / "facebook" / "dinov2-tiny",
         files.adapter_bin: models / "instantcharacter" / "instantcharacter-tiny.bin",
         files.root / "loras" / "style-tiny.safetensors": models / "loras" / "style-tiny.safetensors",
+        files.checkpoint_file: models / "checkpoints" / "flux1-dev-tiny-allinone.safetensors",
     }
     copy_into(places)
     # once more under the real files' names, which the shipped workflows name
@@ -367,4 +403,5 @@ def install_into_models(files: TinyFiles, models: Path) -> dict[str, str]:
             "flux_gguf": "flux1-dev-tiny-Q8_0.gguf",
             "vae": "ae-tiny.safetensors", "clip_l": "clip_l-tiny.safetensors", "t5xxl": "t5xxl-tiny.safetensors",
             "siglip": "google/siglip-tiny", "dinov2": "facebook/dinov2-tiny", "adapter": "instantcharacter-tiny.bin",
-            "lora": "style-tiny.safetensors"}
+            "lora": "style-tiny.safetensors",
+            "flux_checkpoint": "flux1-dev-tiny-allinone.safetensors (all-in-one checkpoint)"}

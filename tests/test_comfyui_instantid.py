@@ -189,7 +189,26 @@ def test_a_checkpoint_that_is_not_sdxl_is_refused_at_queue_time(comfyui, portrai
     finally:
         path.unlink()
     assert status == 400
-    assert "sd15-tiny.safetensors is a Stable Diffusion 1.x model" in json.dumps(body["node_errors"]["10"])
+    [error] = body["node_errors"]["10"]["errors"]             # once, not once per input the loader checks
+    assert error["details"] == ("sdxl_model: sd15-tiny.safetensors is a Stable Diffusion 1.x model; InstantID needs "
+                                "an SDXL checkpoint (SDXL base 1.0 or a fine-tune of it)")
+
+
+def test_missing_files_queue_and_the_loader_that_runs_names_them(comfyui, portrait):
+    loader = loader_node(comfyui, memory_mode="model_offload")
+    loader["inputs"].update(sdxl_model="sd_xl_base_missing.safetensors", adapter="(none found)")
+    status, body = comfyui.post_json("/prompt", {"prompt": graph(comfyui, portrait, {"2": local_node()}, loader)})
+    assert status == 200, body
+    message = error_message(comfyui.wait(body["prompt_id"]))
+    models = comfyui.base / "models"
+    assert f"sdxl_model: 'sd_xl_base_missing.safetensors' is not in {models / 'checkpoints'}" in message
+    assert f"adapter: no file found in {models / 'instantid'}" in message and "InstantX/InstantID" in message
+    prompt = graph(comfyui, portrait, {"2": local_node()})
+    prompt["9"]["inputs"]["antelopev2"] = "(none found)"
+    status, body = comfyui.post_json("/prompt", {"prompt": prompt})
+    assert status == 200, body
+    message = error_message(comfyui.wait(body["prompt_id"]))
+    assert f"antelopev2: no folder found in {models / 'insightface'}" in message and "antelopev2" in message
 
 
 def test_identity_similarity_scores_any_images_and_no_face_is_none(comfyui, portrait, no_face):

@@ -30,13 +30,15 @@ def reference_name(comfyui):
     return comfyui.upload_image(buffer.getvalue(), "local_reference.jpg")
 
 
+FROM_MODEL = "(from flux_model)"
+
+
 def loader_node(comfyui, source: str = "files", memory_mode: str = "resident") -> dict:
     names = comfyui.local_models
     if source == "files":
         flux = dict(flux_model=names["flux_file"], vae=names["vae"], clip_l=names["clip_l"], t5xxl=names["t5xxl"])
-    else:
-        folder = "(from the diffusers folder)"
-        flux = dict(flux_model=names["flux_folder"], vae=folder, clip_l=folder, t5xxl=folder)
+    else:            # "folder" or "checkpoint": every part from the one source
+        flux = dict(flux_model=names[f"flux_{source}"], vae=FROM_MODEL, clip_l=FROM_MODEL, t5xxl=FROM_MODEL)
     return {"class_type": LOADER, "inputs": {**flux, "siglip": names["siglip"], "dinov2": names["dinov2"],
                                              "adapter": names["adapter"], "weight_format": "dtype",
                                              "memory_mode": memory_mode, "dtype": "auto"}}
@@ -232,7 +234,7 @@ def test_sizes_the_model_cannot_take_are_refused_before_any_weight_loads(comfyui
             body["node_errors"]["2"], ensure_ascii=False)
     names = comfyui.local_models
     bad_loader = loader_node(comfyui)
-    bad_loader["inputs"].update(vae="(from the diffusers folder)")
+    bad_loader["inputs"].update(vae=FROM_MODEL)
     status, body = comfyui.post_json("/prompt", {"prompt": graph(comfyui, reference_name, {"2": local_node()},
                                                                  bad_loader)})
     assert status == 400 and "needs its own VAE" in json.dumps(body["node_errors"]["10"])
@@ -294,3 +296,57 @@ def test_nf4_is_refused_at_queue_time_where_it_cannot_run(comfyui, reference_nam
     message = json.dumps(body["node_errors"]["10"])
     assert status == 400 and "nf4 needs a CUDA GPU and bitsandbytes" in message
     assert "ComfyUI computes on the CPU here" in message and "fp8_e4m3fn or a GGUF file" in message
+
+
+def test_an_all_in_one_flux_checkpoint_is_listed_and_gives_the_separate_files_image(comfyui, reference_name):
+    """Comfy-Org's all-in-one layout in models/checkpoints: listed (the SDXL checkpoints there are
+    not), and the same image as the four single files holding the same weights."""
+    options = comfyui.get_json("/object_info")[LOADER]["input"]["required"]["flux_model"][1]["options"]
+    assert comfyui.local_models["flux_checkpoint"] in options
+    assert not [name for name in options if "sdxl" in name or "sd_xl" in name]
+    images = []
+    for source in ("checkpoint", "files"):
+        entry = comfyui.run(graph(comfyui, reference_name, {"2": local_node(seed=21)}, loader_node(comfyui, source)))
+        [image], info = outputs(comfyui, entry, "2")
+        images.append(np.asarray(image))
+    assert np.array_equal(images[0], images[1])
+
+
+def test_missing_files_queue_and_the_loader_that_runs_names_them(comfyui, reference_name):
+    """A shared workflow naming files this user lacks is accepted (an unchosen local branch must not
+    block a prompt); the loader that runs names the input, the file, the folders and where to get it."""
+    loader = loader_node(comfyui, memory_mode="model_offload")
+    loader["inputs"].update(flux_model="flux1-dev-not-here.safetensors", siglip="(none found)")
+    status, body = comfyui.post_json("/prompt", {"prompt": graph(comfyui, reference_name, {"2": local_node()}, loader)})
+    assert status == 200, body
+    entry = comfyui.wait(body["prompt_id"])
+    message = error_message(entry)
+    models = comfyui.base / "models"
+    assert "flux_model: 'flux1-dev-not-here.safetensors' is not in " in message
+    assert str(models / "diffusion_models") in message
+    assert "black-forest-labs/FLUX.1-dev" in message
+    assert f"siglip: no folder found in {models / 'clip_vision'}" in message and "google/siglip-so400m" in message
+
+
+def test_a_name_that_leaves_the_model_folders_is_refused_at_queue_time(comfyui, reference_name):
+    outside = comfyui.base / "outside"
+    (outside / "x").mkdir(parents=True, exist_ok=True)
+    (outside / "x" / "config.json").write_text("{}")
+    loader = loader_node(comfyui)
+    loader["inputs"]["siglip"] = "clip_vision/../../outside/x"
+    status, body = comfyui.post_json("/prompt", {"prompt": graph(comfyui, reference_name, {"2": local_node()}, loader)})
+    assert status == 400
+    [error] = body["node_errors"]["10"]["errors"]
+    assert ("siglip: 'clip_vision/../../outside/x' is not a name from the model folders (it steps out of the folder "
+            "with '..')") in error["details"]
+
+
+def test_a_file_of_the_wrong_kind_is_refused_at_queue_time_once_under_its_input(comfyui, reference_name):
+    names = comfyui.local_models
+    loader = loader_node(comfyui)
+    loader["inputs"]["clip_l"] = names["t5xxl"]
+    status, body = comfyui.post_json("/prompt", {"prompt": graph(comfyui, reference_name, {"2": local_node()}, loader)})
+    assert status == 400
+    [error] = body["node_errors"]["10"]["errors"]
+    assert error["details"] == ("clip_l: t5xxl-tiny.safetensors is a T5 text encoder; choose the CLIP-L text encoder "
+                                "(clip_l.safetensors)")

@@ -113,6 +113,136 @@ def test_single_files_load_to_the_same_pipeline_as_the_diffusers_folder(files, p
     assert torch.allclose(run_case(singles, case, "pt"), run_case(pipe, case, "pt"), atol=1e-6)
 
 
+FLUX_MODULES = {"transformer": "transformer", "vae": "vae", "clip_l": "text_encoder", "t5xxl": "text_encoder_2"}
+
+
+def same_weights(first, second, module: str) -> bool:
+    one, other = getattr(first.flux, module).state_dict(), getattr(second.flux, module).state_dict()
+    return one.keys() == other.keys() and all(torch.equal(one[key], other[key]) for key in one)
+
+
+def test_an_all_in_one_checkpoint_gives_the_separate_files_pipeline_bit_for_bit(files):
+    """Comfy-Org's layout (model.diffusion_model.*, vae.*, text_encoders.clip_l.*, text_encoders.t5xxl.*)
+    with the same weights as the four single files: every tensor and the output are identical."""
+    separate = build_pipeline(pipeline_files(files, FluxFiles(transformer=files.transformer_file, vae=files.vae_file,
+                                                              clip_l=files.clip_file, t5xxl=files.t5_file)))
+    combined = build_pipeline(pipeline_files(files, FluxFiles(checkpoint=files.checkpoint_file)))
+    for module in FLUX_MODULES.values():
+        assert same_weights(combined, separate, module), module
+    case = cases.CASES["true_cfg"]
+    assert torch.equal(run_case(combined, case, "latent"), run_case(separate, case, "latent"))
+
+
+def test_a_part_chosen_as_its_own_file_wins_over_the_checkpoints(files, tmp_path):
+    from safetensors.torch import save_file
+
+    other_vae = tiny.fill(tiny.vae(), seed=tiny.SEED + 7)
+    save_file({k: v.contiguous() for k, v in tiny.ldm_vae_state(other_vae).items()}, tmp_path / "ae-other.safetensors")
+    mixed = build_pipeline(pipeline_files(files, FluxFiles(checkpoint=files.checkpoint_file,
+                                                           vae=tmp_path / "ae-other.safetensors")))
+    alone = build_pipeline(pipeline_files(files, FluxFiles(checkpoint=files.checkpoint_file)))
+    reference = other_vae.state_dict()
+    assert all(torch.equal(mixed.flux.vae.state_dict()[key], reference[key]) for key in reference)
+    assert not same_weights(mixed, alone, "vae")
+    assert all(same_weights(mixed, alone, module) for module in ("transformer", "text_encoder", "text_encoder_2"))
+
+
+def test_each_part_of_a_checkpoint_is_read_on_its_own(files, monkeypatch):
+    """Loading one part opens the file lazily and reads that part's tensors only (no copy of the rest)."""
+    import safetensors
+
+    from pipelines.local.instantcharacter.loading import load_flux_vae
+
+    opened = safetensors.safe_open
+    read: list[str] = []
+
+    class Recording:
+        def __init__(self, *args, **kwargs):
+            self.handle = opened(*args, **kwargs)
+
+        def __enter__(self):
+            self.inner = self.handle.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.handle.__exit__(*exc)
+
+        def keys(self):
+            return self.inner.keys()
+
+        def get_tensor(self, key):
+            read.append(key)
+            return self.inner.get_tensor(key)
+
+    monkeypatch.setattr(safetensors, "safe_open", Recording)
+    load_flux_vae(files.checkpoint_file, torch.float32, prefix="vae.")
+    assert read and all(key.startswith("vae.") for key in read)
+    assert len(read) == len(tiny.ldm_vae_state(tiny.vae()))
+
+
+def test_comfy_orgs_fp8_all_in_one_reads_each_part_in_its_own_precision(files):
+    """The fp8 all-in-one (fp8 transformer and T5, fp16 CLIP-L, bf16 VAE) loads the same transformer as
+    the fp8 single file, and each text encoder and the VAE within its storage format's rounding."""
+    single = files.transformer_file.parent
+    fp8 = build_pipeline(pipeline_files(files, FluxFiles(checkpoint=single / "flux1-dev-tiny-allinone-fp8.safetensors")))
+    fp8_file = build_pipeline(pipeline_files(files, FluxFiles(folder=files.diffusers_folder,
+                                                              transformer=single / "flux1-dev-tiny-fp8_e4m3fn.safetensors")))
+    exact = build_pipeline(pipeline_files(files, FluxFiles(checkpoint=files.checkpoint_file)))
+    assert same_weights(fp8, fp8_file, "transformer")
+    for module, precision in (("vae", 2 ** -8), ("text_encoder", 2 ** -10), ("text_encoder_2", 2 ** -3)):
+        reference = getattr(exact.flux, module).state_dict()
+        for key, value in getattr(fp8.flux, module).state_dict().items():
+            scale = reference[key].abs().max().clamp(min=1e-12)
+            assert (value - reference[key]).abs().max() / scale <= precision, (module, key)
+
+
+def test_single_files_in_diffusers_layout_load_like_the_folder(files, pipe):
+    """A transformer or VAE file copied out of a diffusers folder (diffusers' key names) loads as is."""
+    flux = FluxFiles(transformer=files.diffusers_folder / "transformer" / "diffusion_pytorch_model.safetensors",
+                     vae=files.diffusers_folder / "vae" / "diffusion_pytorch_model.safetensors", clip_l=files.clip_file,
+                     t5xxl=files.t5_file)
+    loaded = build_pipeline(pipeline_files(files, flux))
+    assert same_weights(loaded, pipe, "transformer") and same_weights(loaded, pipe, "vae")
+
+
+def test_a_diffusers_folder_is_used_whole_its_tokenizers_and_scheduler_before_comfyuis(files, pipe, tmp_path):
+    """A folder whose tokenizer and scheduler differ from ComfyUI's copies is read with its own; a
+    folder without them falls back to ComfyUI's copies (which the tiny folder's equal)."""
+    import shutil
+
+    own = tmp_path / "FLUX.1-dev-own"
+    shutil.copytree(files.diffusers_folder, own)
+    for tokenizer, first, second in (("tokenizer", "knight</w>", "castle</w>"), ("tokenizer_2", "▁knight", "▁castle")):
+        path = own / tokenizer / "tokenizer.json"            # two words trade their ids in the folder's copy
+        content = json.loads(path.read_text())
+        vocab = content["model"]["vocab"]
+        if isinstance(vocab, dict):
+            vocab[first], vocab[second] = vocab[second], vocab[first]
+        else:
+            [i], [j] = ([n for n, (piece, _) in enumerate(vocab) if piece == word] for word in (first, second))
+            vocab[i][0], vocab[j][0] = second, first
+        path.write_text(json.dumps(content))
+    scheduler_file = own / "scheduler" / "scheduler_config.json"
+    scheduler = json.loads(scheduler_file.read_text())
+    scheduler.update(base_shift=0.2, max_shift=0.6)
+    scheduler_file.write_text(json.dumps(scheduler))
+    honoured = build_pipeline(pipeline_files(files, FluxFiles(folder=own)))
+    for name in ("tokenizer", "tokenizer_2"):
+        ours, comfys = getattr(honoured.flux, name), getattr(pipe.flux, name)
+        assert ours("a knight").input_ids == comfys("a castle").input_ids != comfys("a knight").input_ids
+    assert (honoured.flux.scheduler.config.base_shift, honoured.flux.scheduler.config.max_shift) == (0.2, 0.6)
+    case = cases.CASES["demo_scale"]
+    assert not torch.equal(run_case(honoured, case, "latent"), run_case(pipe, case, "latent"))
+
+    bare = tmp_path / "FLUX.1-dev-bare"
+    shutil.copytree(files.diffusers_folder, bare)
+    for part in ("tokenizer", "tokenizer_2", "scheduler"):
+        shutil.rmtree(bare / part)
+    fallback = build_pipeline(pipeline_files(files, FluxFiles(folder=bare)))
+    assert str(fallback.flux.tokenizer.name_or_path) == str(tiny.comfy_tokenizer_dirs()[0])
+    assert torch.equal(run_case(fallback, case, "latent"), run_case(pipe, case, "latent"))
+
+
 @pytest.mark.parametrize(("part", "name", "precision"), [
     ("transformer", "flux1-dev-tiny-bf16.safetensors", 2 ** -8),
     ("transformer", "flux1-dev-tiny-fp8_e4m3fn.safetensors", 2 ** -3),
@@ -472,7 +602,7 @@ def test_real_size_text_encoders_and_vae_single_files_are_understood(tmp_path):
         vae = AutoencoderKL(**{k: v for k, v in loading.shipped_config("flux_vae.json").items() if not k.startswith("_")})
     captured = {}
 
-    def fake_read(path, what):           # the file layout, without 10 GB of bytes
+    def fake_read(path, what, prefix=None):           # the file layout, without 10 GB of bytes
         return dict(captured[what])
 
     def fake_load_into(model, state, what, path, ignore=()):

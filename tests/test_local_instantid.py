@@ -226,6 +226,62 @@ def test_the_diffusers_folder_and_the_identitynet_folder_load_to_the_same_pipeli
         assert all(torch.equal(mine[key], theirs[key]) for key in mine), name
 
 
+def test_an_sdxl_diffusers_folder_is_used_whole_its_tokenizer_and_scheduler_before_comfyuis(files, pipe, tmp_path):
+    """A folder whose tokenizer and scheduler differ from ComfyUI's copies is read with its own; a folder
+    without a tokenizer/ falls back to ComfyUI's copy."""
+    import shutil
+
+    own = tmp_path / "sdxl-own"
+    shutil.copytree(files.sdxl_folder, own)
+    path = own / "tokenizer" / "tokenizer.json"                 # two words trade their ids in the folder's copy
+    content = json.loads(path.read_text())
+    vocab = content["model"]["vocab"]
+    vocab["man</w>"], vocab["garden</w>"] = vocab["garden</w>"], vocab["man</w>"]
+    path.write_text(json.dumps(content))
+    scheduler_file = own / "scheduler" / "scheduler_config.json"
+    scheduler = json.loads(scheduler_file.read_text())
+    scheduler["timestep_spacing"] = "linspace"
+    scheduler_file.write_text(json.dumps(scheduler))
+    honoured = build_pipeline(pipeline_files(files, sdxl=own))
+    assert honoured.models.tokenizer("a man").input_ids == pipe.models.tokenizer("a garden").input_ids
+    assert honoured.models.tokenizer("a man").input_ids != pipe.models.tokenizer("a man").input_ids
+    assert honoured.models.scheduler_config["timestep_spacing"] == "linspace" != pipe.models.scheduler_config.get(
+        "timestep_spacing")
+    bare = tmp_path / "sdxl-bare"
+    shutil.copytree(files.sdxl_folder, bare)
+    shutil.rmtree(bare / "tokenizer")
+    fallback = build_pipeline(pipeline_files(files, sdxl=bare))
+    assert str(fallback.models.tokenizer.name_or_path) == str(comfy_tokenizer_dirs()[0])
+
+
+@pytest.mark.parametrize(("part", "writer", "message"), [
+    ("identitynet", lambda tmp: tmp / "lora.safetensors", "lora.safetensors is a LoRA; identitynet needs InstantID's "
+                                                         "IdentityNet"),
+    ("adapter", lambda tmp: tmp / "ic.bin", "ic.bin is the InstantCharacter adapter; adapter needs InstantID's "
+                                            "ip-adapter.bin"),
+    ("lcm_lora", lambda tmp: tmp / "sd.safetensors", "sd.safetensors is an SDXL checkpoint; lcm_lora needs the "
+                                                     "LCM-LoRA for SDXL"),
+])
+def test_a_file_of_another_kind_is_named_from_its_header_before_anything_loads(files, tmp_path, part, writer, message):
+    import shutil
+
+    import instantcharacter_models
+
+    from pipelines.local.instantid.loading import instantid_problems
+
+    target = writer(tmp_path)
+    if target.name == "lora.safetensors":
+        shutil.copy(files.lcm_lora, target)
+    elif target.name == "ic.bin":
+        torch.save(instantcharacter_models.adapter_state(), target)
+    else:
+        shutil.copy(files.checkpoint, target)
+    problems = instantid_problems(sdxl=files.checkpoint, **{part: target})
+    assert [(found, text.startswith(message)) for found, text in problems] == [(part, True)], problems
+    with pytest.raises(ModelFileError, match=message):
+        pipeline_files(files, **{part: target}).check()
+
+
 def test_the_official_adapter_layout_loads_at_its_real_size():
     """Key names and shapes of the released ip-adapter.bin, read off the reference's own modules."""
     from diffusers import UNet2DConditionModel
@@ -279,7 +335,7 @@ def adapter_with(files, tmp_path, change):
     (lambda s: s["ip_adapter"].pop("1.to_k_ip.weight"), "missing key ip_adapter.1.to_k_ip.weight|lacks.*1.to_k_ip"),
     (lambda s: s["image_proj"].update({"proj_out.weight": torch.zeros(64, 128), "proj_out.bias": torch.zeros(64),
                                        "norm_out.weight": torch.ones(64), "norm_out.bias": torch.zeros(64)}),
-     "the face tokens are 64 wide; this UNet's cross-attention takes 128"),
+     "the face tokens (of ip-adapter.bin )?are 64 wide; this UNet's cross-attention takes 128"),
     (lambda s: s["ip_adapter"].__setitem__("3.to_v_ip.weight", torch.zeros(5, 128)), "3.to_v_ip.weight"),
     (lambda s: s["ip_adapter"].__setitem__("999.to_k_ip.weight", torch.zeros(64, 128)), "999.to_k_ip.weight"),
     (lambda s: s["image_proj"].pop("norm_out.weight"), "norm_out.weight"),

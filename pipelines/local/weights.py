@@ -9,9 +9,11 @@ from typing import Mapping
 
 import torch
 
-# ComfyUI's fp8 "scaled" files: weight = stored fp8 weight × its scale; these keys are not weights
-SCALE_SUFFIX = ".scale_weight"
-SCALE_MARKERS = ("scaled_fp8", ".scale_input")
+# ComfyUI's fp8 "scaled" files: weight = stored fp8 weight × its scale; these keys are not weights.
+# The older layout stores `<layer>.scale_weight` (and a `scaled_fp8` marker); ComfyUI's newer mixed
+# precision files store `<layer>.weight_scale` (and `<layer>.input_scale` for fp8 matmuls).
+SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
+SCALE_MARKERS = ("scaled_fp8", ".scale_input", ".input_scale")
 
 
 class ModelFileError(ValueError):
@@ -20,16 +22,19 @@ class ModelFileError(ValueError):
 
 # ---- reading weights ------------------------------------------------------------------------
 
-def read_state(path: Path | str, what: str) -> dict[str, torch.Tensor]:
-    """All tensors of a .safetensors, .bin/.pt/.pth (weights only) or .gguf file, on the CPU."""
+def read_state(path: Path | str, what: str, prefix: str | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of a .safetensors, .bin/.pt/.pth (weights only) or .gguf file, on the CPU. With
+    `prefix` (a .safetensors checkpoint's part), only the tensors under it are read, prefix removed."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{what}: {path} does not exist")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        if path.suffix in (".safetensors", ".sft"):
+            from safetensors import safe_open
 
-            return load_file(str(path), device="cpu")
+            with safe_open(str(path), "pt", device="cpu") as handle:
+                names = [key for key in handle.keys() if prefix is None or key.startswith(prefix)]
+                return {key[len(prefix or ""):]: handle.get_tensor(key) for key in names}
         if path.suffix == ".gguf":
             from diffusers.models.model_loading_utils import load_gguf_checkpoint
 
@@ -50,9 +55,10 @@ def unscale_fp8(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str,
     Plain fp8 weights are simply converted. Everything ends in `dtype`."""
     out = {}
     for key, tensor in state.items():
-        if key.endswith(SCALE_SUFFIX) or any(marker in key for marker in SCALE_MARKERS):
+        if key.endswith(SCALE_SUFFIXES) or any(marker in key for marker in SCALE_MARKERS):
             continue
-        scale = state.get(key[: -len(".weight")] + SCALE_SUFFIX) if key.endswith(".weight") else None
+        layer = key[: -len(".weight")] if key.endswith(".weight") else None
+        scale = next((state[layer + suffix] for suffix in SCALE_SUFFIXES if layer and layer + suffix in state), None)
         value = tensor.to(torch.float32)
         if scale is not None:
             value = value * scale.to(torch.float32)

@@ -1,15 +1,19 @@
 """Building the local InstantCharacter pipeline from the files a ComfyUI user already has — nothing
 is ever fetched from a hub.
 
-FLUX.1-dev comes from a diffusers folder, or from single files: the transformer in the BFL layout
-(bf16, or fp8 with or without ComfyUI's weight scales), `ae.safetensors` in the original VAE layout,
-`clip_l` and `t5xxl` with Hugging Face key names (fp16, or fp8 "scaled"). Every architecture size is
-read from the weights (as ComfyUI detects models); the shipped real-size configs supply the rest
-(activations, epsilons, scheduler). SigLIP and DINOv2 are Hugging Face folders. Tokenizers are read
-from the copies ComfyUI ships (the caller passes their folders).
+FLUX.1-dev comes from a diffusers folder (used whole: its tokenizers and scheduler too), from a
+FLUX all-in-one checkpoint (Comfy-Org's: transformer, VAE, CLIP-L and T5 in one file, each part read
+on its own), or from single files: the transformer in the BFL or the diffusers layout (bf16, fp8 with
+or without ComfyUI's weight scales, GGUF), `ae.safetensors` in the original or the diffusers VAE
+layout, `clip_l` and `t5xxl` with Hugging Face key names (fp16, or fp8 "scaled"). A file chosen for a
+part wins over the folder's or the checkpoint's. Every architecture size is read from the weights
+(as ComfyUI detects models); the shipped real-size configs supply the rest (activations, epsilons,
+scheduler). SigLIP and DINOv2 are Hugging Face folders. Tokenizers: the diffusers folder's own,
+else the copies ComfyUI ships (the caller passes their folders).
 
-Every problem is raised as `ModelFileError` naming the file and what is wrong, before the
-expensive part of a load where it can be checked early.
+Every problem is raised as `ModelFileError` naming the file and what is wrong. Each part's kind and
+the sizes the parts must share are read from the file headers (`flux_problems`) before any weight
+loads.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from typing import Mapping
 
 import torch
 
+from .. import model_kinds as kinds
 from ..weights import (ModelFileError, count, is_quantized, load_into, materialise_buffers, need, read_state,
                        shape_of, strip_prefix, unscale_fp8)
 
@@ -59,6 +64,24 @@ def flux_config_from_bfl(state: Mapping[str, torch.Tensor], path: Path) -> dict:
                   joint_attention_dim=shape_of(need(state, "txt_in.weight", what, path))[1],
                   pooled_projection_dim=shape_of(need(state, "vector_in.in_layer.weight", what, path))[1],
                   guidance_embeds="guidance_in.in_layer.weight" in state)
+    return config
+
+
+def flux_config_from_diffusers(state: Mapping[str, torch.Tensor], path: Path) -> dict:
+    """The config of a single-file transformer that already has diffusers' key names."""
+    what = "FLUX transformer"
+    inner, in_channels = shape_of(need(state, "x_embedder.weight", what, path))
+    head_dim = shape_of(need(state, "transformer_blocks.0.attn.norm_q.weight", what, path))[0]
+    config = {k: v for k, v in shipped_config("flux_transformer.json").items() if not k.startswith("_")}
+    if sum(config["axes_dims_rope"]) != head_dim:
+        raise ModelFileError(f"{what}: {Path(path).name} has {head_dim}-wide attention heads; FLUX uses 128")
+    config.update(in_channels=in_channels, num_attention_heads=inner // head_dim, attention_head_dim=head_dim,
+                  num_layers=count(state, r"transformer_blocks\.(\d+)\."),
+                  num_single_layers=count(state, r"single_transformer_blocks\.(\d+)\."),
+                  joint_attention_dim=shape_of(need(state, "context_embedder.weight", what, path))[1],
+                  pooled_projection_dim=shape_of(need(state, "time_text_embed.text_embedder.linear_1.weight", what,
+                                                      path))[1],
+                  guidance_embeds="time_text_embed.guidance_embedder.linear_1.weight" in state)
     return config
 
 
@@ -129,19 +152,21 @@ def flux_bfl_to_diffusers(state: Mapping[str, torch.Tensor], config: dict) -> di
     return out
 
 
-def load_flux_transformer(path: Path | str, dtype: torch.dtype):
-    """A BFL-layout file: .safetensors (bf16, fp16, fp8, fp8 "scaled") or .gguf. GGUF weights stay
-    quantized in memory and are dequantized layer by layer as they run (diffusers' GGUF layers)."""
+def load_flux_transformer(path: Path | str, dtype: torch.dtype, prefix: str | None = None):
+    """A BFL- or diffusers-layout file: .safetensors (bf16, fp16, fp8, fp8 "scaled") or .gguf, or the
+    part of a checkpoint under `prefix`. GGUF weights stay quantized in memory and are dequantized
+    layer by layer as they run (diffusers' GGUF layers)."""
     from diffusers import FluxTransformer2DModel
 
     path = Path(path)
-    state = strip_prefix(read_state(path, "FLUX transformer"), ("model.diffusion_model.",))
-    config = flux_config_from_bfl(state, path)
+    state = strip_prefix(read_state(path, "FLUX transformer", prefix), (kinds.CHECKPOINT_TRANSFORMER,))
+    diffusers_layout = "x_embedder.weight" in state
+    config = flux_config_from_diffusers(state, path) if diffusers_layout else flux_config_from_bfl(state, path)
     if path.suffix == ".gguf":
         state = {key: value if is_quantized(value) else value.to(dtype) for key, value in state.items()}
     else:
         state = unscale_fp8(state, dtype)
-    converted = flux_bfl_to_diffusers(state, config)
+    converted = state if diffusers_layout else flux_bfl_to_diffusers(state, config)
     with torch.device("meta"):
         model = FluxTransformer2DModel(**config)
         if path.suffix == ".gguf":
@@ -153,24 +178,28 @@ def load_flux_transformer(path: Path | str, dtype: torch.dtype):
 
 # ---- VAE (original layout) ---------------------------------------------------------------------
 
-def load_flux_vae(path: Path | str, dtype: torch.dtype):
+def load_flux_vae(path: Path | str, dtype: torch.dtype, prefix: str | None = None):
+    """ae.safetensors (original layout), a VAE in diffusers' layout, or a checkpoint's VAE part."""
     from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     path = Path(path)
     what = "FLUX VAE"
-    state = strip_prefix(read_state(path, what), ("first_stage_model.", "vae."))
-    blocks = count(state, r"encoder\.down\.(\d+)\.")
+    state = strip_prefix(read_state(path, what, prefix), ("first_stage_model.", kinds.CHECKPOINT_VAE))
+    diffusers_layout = "encoder.down_blocks.0.resnets.0.conv1.weight" in state
+    block, resnet = ("down_blocks", "resnets") if diffusers_layout else ("down", "block")
+    blocks = count(state, rf"encoder\.{block}\.(\d+)\.")
     if not blocks:
         raise ModelFileError(f"{what}: {path.name} has no encoder blocks; it is not a VAE file")
     config = {k: v for k, v in shipped_config("flux_vae.json").items() if not k.startswith("_")}
     config.update(
-        block_out_channels=[need(state, f"encoder.down.{i}.block.0.conv1.weight", what, path).shape[0]
+        block_out_channels=[need(state, f"encoder.{block}.{i}.{resnet}.0.conv1.weight", what, path).shape[0]
                             for i in range(blocks)],
         down_block_types=["DownEncoderBlock2D"] * blocks, up_block_types=["UpDecoderBlock2D"] * blocks,
-        layers_per_block=count(state, r"encoder\.down\.0\.block\.(\d+)\."),
+        layers_per_block=count(state, rf"encoder\.{block}\.0\.{resnet}\.(\d+)\."),
         latent_channels=need(state, "decoder.conv_in.weight", what, path).shape[1])
-    converted = convert_ldm_vae_checkpoint({k: v.to(dtype) for k, v in state.items()}, config)
+    state = {k: v.to(dtype) for k, v in state.items()}
+    converted = state if diffusers_layout else convert_ldm_vae_checkpoint(state, config)
     with torch.device("meta"):
         model = AutoencoderKL(**config)
     return load_into(model, converted, what, path)
@@ -178,13 +207,13 @@ def load_flux_vae(path: Path | str, dtype: torch.dtype):
 
 # ---- text encoders (Hugging Face key names) -------------------------------------------------------
 
-def load_clip_l(path: Path | str, dtype: torch.dtype):
+def load_clip_l(path: Path | str, dtype: torch.dtype, prefix: str | None = None):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     path = Path(path)
     what = "CLIP-L text encoder"
     # files carry Hugging Face names with the "text_model." prefix; some newer exports drop it
-    state = strip_prefix(unscale_fp8(read_state(path, what), dtype), ("text_model.",))
+    state = strip_prefix(unscale_fp8(read_state(path, what, prefix), dtype), ("text_model.",))
     vocab, hidden = need(state, "embeddings.token_embedding.weight", what, path).shape
     config = shipped_config("clip_l.json")
     config.update(vocab_size=vocab, hidden_size=hidden, num_attention_heads=max(1, hidden // 64),
@@ -200,12 +229,12 @@ def load_clip_l(path: Path | str, dtype: torch.dtype):
     return materialise_buffers(model)
 
 
-def load_t5xxl(path: Path | str, dtype: torch.dtype):
+def load_t5xxl(path: Path | str, dtype: torch.dtype, prefix: str | None = None):
     from transformers import T5Config, T5EncoderModel
 
     path = Path(path)
     what = "T5-XXL text encoder"
-    state = unscale_fp8(read_state(path, what), dtype)
+    state = unscale_fp8(read_state(path, what, prefix), dtype)
     shared = state.get("shared.weight", state.get("encoder.embed_tokens.weight"))
     if shared is None:
         raise ModelFileError(f"{what}: {path.name} has no token embedding; it is not a T5 encoder file")
@@ -239,29 +268,208 @@ def load_tokenizers(clip_dir: Path | str, t5_dir: Path | str):
 
 # ---- the pieces a pipeline is built from -----------------------------------------------------
 
+PART_TITLES = {"transformer": "FLUX transformer", "vae": "FLUX VAE", "clip_l": "CLIP-L text encoder",
+               "t5xxl": "T5-XXL text encoder"}
+# where each part lies in a diffusers folder and in an all-in-one checkpoint
+FOLDER_PARTS = {"transformer": "transformer", "vae": "vae", "clip_l": "text_encoder", "t5xxl": "text_encoder_2"}
+CHECKPOINT_PARTS = {"transformer": kinds.CHECKPOINT_TRANSFORMER, "vae": kinds.CHECKPOINT_VAE,
+                    "clip_l": kinds.CHECKPOINT_CLIP_L, "t5xxl": kinds.CHECKPOINT_T5XXL}
+# what each part's file must be (kinds.identify), and what to get instead
+PART_KINDS = {"transformer": (kinds.FLUX_BFL, kinds.FLUX_DIFFUSERS, kinds.FLUX_CHECKPOINT),
+              "vae": (kinds.VAE, kinds.VAE_DIFFUSERS), "clip_l": (kinds.CLIP_TEXT,), "t5xxl": (kinds.T5_ENCODER,)}
+PART_NEEDS = {"transformer": "InstantCharacter needs a FLUX.1-dev transformer (flux1-dev.safetensors, an fp8 or GGUF "
+                             "conversion) or a FLUX.1-dev all-in-one checkpoint",
+              "vae": "choose FLUX's VAE (ae.safetensors)", "clip_l": "choose the CLIP-L text encoder (clip_l.safetensors)",
+              "t5xxl": "choose the T5-XXL text encoder (t5xxl_fp16.safetensors or an fp8 version)"}
+PARTS = tuple(PART_TITLES)
+
+
 @dataclass(frozen=True)
 class FluxFiles:
-    """FLUX.1-dev: a diffusers folder, single files, or a folder with some parts replaced by files."""
+    """FLUX.1-dev: a diffusers folder, an all-in-one checkpoint, single files, or a folder or a
+    checkpoint with some parts replaced by files (a part's own file wins)."""
 
     folder: Path | None = None
     transformer: Path | None = None
     vae: Path | None = None
     clip_l: Path | None = None
     t5xxl: Path | None = None
+    checkpoint: Path | None = None
+
+    def source(self, part: str) -> tuple[str, Path, str | None] | None:
+        """Where a part comes from: ("file", path, prefix) — the prefix is set when the file is an
+        all-in-one checkpoint —, ("checkpoint", path, prefix), ("folder", path/subfolder, None), or None."""
+        file = getattr(self, part)
+        if file is not None:
+            return "file", Path(file), _checkpoint_prefix(Path(file), part)
+        if self.checkpoint is not None:
+            return "checkpoint", Path(self.checkpoint), CHECKPOINT_PARTS[part]
+        if self.folder is not None:
+            return "folder", Path(self.folder) / FOLDER_PARTS[part], None
+        return None
 
     def check(self) -> None:
-        """Before any weight loads: every part has a source, and each source exists."""
-        for part in ("transformer", "vae", "clip_l", "t5xxl"):
+        """Before any weight loads: every part has a source, each source exists, each file is what
+        its part needs and the parts' sizes fit together (read from the file headers)."""
+        for part in PARTS:
             file = getattr(self, part)
-            if file is None and self.folder is None:
-                raise ModelFileError(f"FLUX: no {part} file chosen and no diffusers folder to take it from")
+            if file is None and self.folder is None and self.checkpoint is None:
+                raise ModelFileError(f"FLUX: no {part} file chosen and no diffusers folder or checkpoint to take it "
+                                     "from")
             if file is not None and not Path(file).is_file():
                 raise ModelFileError(f"FLUX {part}: {file} does not exist")
+        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
+            raise ModelFileError(f"FLUX checkpoint: {self.checkpoint} does not exist")
         if self.folder is not None:
             index = Path(self.folder) / "model_index.json"
             if not index.is_file():
                 raise ModelFileError(f"FLUX diffusers folder {self.folder} has no model_index.json; choose the folder "
                                      "that holds transformer/, vae/, text_encoder/ …")
+        problems = flux_problems(self)
+        if problems:
+            raise ModelFileError("; ".join(f"{PART_TITLES[part]}: {text}" for part, text in problems))
+
+
+def _checkpoint_prefix(path: Path, part: str) -> str | None:
+    """The part's prefix when `path` is an all-in-one checkpoint (a cheap look at its header)."""
+    if path.suffix.lower() not in (".safetensors", ".sft") or not path.is_file():
+        return None
+    header = kinds.read_header(path, PART_TITLES[part])
+    return CHECKPOINT_PARTS[part] if kinds.identify(header).name == kinds.FLUX_CHECKPOINT else None
+
+
+@dataclass(frozen=True)
+class PartFacts:
+    """What one part's header or config says: its file or folder name, and the sizes the others need."""
+
+    name: str
+    sizes: dict
+
+
+def _folder_config(folder: Path, part: str) -> PartFacts | None:
+    config = folder / "config.json"
+    if not config.is_file():
+        return None
+    values = json.loads(config.read_text())
+    keys = {"transformer": ("in_channels", "pooled_projection_dim", "joint_attention_dim", "guidance_embeds"),
+            "vae": ("latent_channels",), "clip_l": ("hidden_size",), "t5xxl": ("d_model",)}[part]
+    return PartFacts(f"{folder.parent.name}/{folder.name}", {key: values.get(key) for key in keys})
+
+
+def _header_facts(header: kinds.Header, part: str) -> dict:
+    def size(keys, axis):
+        return kinds.dimension(header, keys, axis)
+
+    if part == "transformer":
+        core = header.part(kinds.CHECKPOINT_TRANSFORMER) if header.has(kinds.CHECKPOINT_TRANSFORMER) else header
+        return {"in_channels": kinds.dimension(core, ("img_in.weight", "x_embedder.weight"), 1),
+                "pooled_projection_dim": kinds.dimension(
+                    core, ("vector_in.in_layer.weight", "time_text_embed.text_embedder.linear_1.weight"), 1),
+                "joint_attention_dim": kinds.dimension(core, ("txt_in.weight", "context_embedder.weight"), 1)}
+    if part == "vae":
+        return {"latent_channels": size(("decoder.conv_in.weight", "first_stage_model.decoder.conv_in.weight",
+                                         "vae.decoder.conv_in.weight"), 1)}
+    if part == "clip_l":
+        return {"hidden_size": size(("text_model.embeddings.token_embedding.weight",
+                                     "embeddings.token_embedding.weight"), 1)}
+    return {"d_model": size(("shared.weight", "encoder.embed_tokens.weight"), 1)}
+
+
+def flux_problems(files: FluxFiles, skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(part, what is wrong) for each part whose file is not what it should be, and for sizes the
+    parts do not share — from file headers and folder configs only, no weights. Parts in `skip`
+    (and parts whose file is missing: check() names those) are left out."""
+    problems: list[tuple[str, str]] = []
+    facts: dict[str, PartFacts] = {}
+    for part in PARTS:
+        if part in skip:
+            continue
+        try:
+            where = files.source(part)
+        except ModelFileError as exc:
+            problems.append((part, str(exc).partition(": ")[2] or str(exc)))
+            continue
+        if where is None:
+            continue
+        how, path, prefix = where
+        if how == "folder":
+            if path.parent.is_dir() and part == "transformer":
+                problem = _folder_problem(path.parent)
+                if problem:
+                    problems.append((part, problem))
+                    continue
+            found = _folder_config(path, part)
+            if found is None and path.parent.is_dir():
+                problems.append((part, f"the diffusers folder {path.parent.name} has no {path.name}/config.json"))
+            elif found is not None:
+                facts[part] = found
+            continue
+        if not path.is_file():
+            continue
+        try:
+            header = kinds.read_header(path, PART_TITLES[part])
+        except ModelFileError as exc:
+            problems.append((part, str(exc).partition(": ")[2] or str(exc)))
+            continue
+        if header is None:
+            continue
+        kind = kinds.identify(header)
+        if how == "checkpoint" or prefix is not None:
+            if kind.name != kinds.FLUX_CHECKPOINT:
+                problems.append(("transformer", f"{path.name} is {kind.label}, not a FLUX.1-dev all-in-one checkpoint"))
+                return problems
+            part_header = header.part(prefix)
+            if not part_header.shapes:
+                problems.append((part, f"{path.name} holds no {PART_TITLES[part]}; choose a {part} file"))
+                continue
+            facts[part] = PartFacts(path.name, _header_facts(part_header, part))
+            continue
+        if kind.name not in PART_KINDS[part]:
+            problems.append((part, f"{path.name} is {kind.label}; {PART_NEEDS[part]}"))
+            continue
+        facts[part] = PartFacts(path.name, _header_facts(header.part(prefix) if prefix else header, part))
+    problems.extend(_size_problems(facts))
+    return problems
+
+
+def _folder_problem(folder: Path) -> str | None:
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return None
+    kind = json.loads(index.read_text()).get("_class_name", "")
+    if "Flux" not in kind or any(other in kind for other in ("Fill", "Control", "Kontext", "Redux", "Prior")):
+        return f"{folder.name} is a {kind or 'pipeline of unknown kind'} folder; InstantCharacter needs FLUX.1-dev"
+    config = folder / "transformer" / "config.json"
+    if config.is_file() and not json.loads(config.read_text()).get("guidance_embeds", True):
+        return f"{folder.name} is FLUX.1-schnell (no guidance input); InstantCharacter is made for FLUX.1-dev"
+    return None
+
+
+def _size_problems(facts: dict[str, PartFacts]) -> list[tuple[str, str]]:
+    """The parts must agree: the transformer takes 4 × the VAE's latent channels (2×2 patches), CLIP-L's
+    width as its pooled input and T5's width as its text input."""
+    if "transformer" not in facts:
+        return []
+    core = facts["transformer"]
+    problems = []
+    in_channels = core.sizes.get("in_channels")
+    latent = facts["vae"].sizes.get("latent_channels") if "vae" in facts else None
+    if in_channels and latent and in_channels != 4 * latent:
+        if latent == 16:          # FLUX's own VAE: the transformer is the odd one (Fill, Canny, Depth …)
+            problems.append(("transformer", f"{core.name} takes {in_channels} input channels (FLUX.1-dev takes "
+                                            f"64; {in_channels} is a FLUX.1 Fill, Canny or Depth model)"))
+        else:
+            family = " (a Stable Diffusion 1.x/2.x/SDXL VAE)" if latent == 4 else ""
+            problems.append(("vae", f"{facts['vae'].name} has {latent} latent channels{family}; this FLUX transformer "
+                                    f"takes {in_channels // 4} (FLUX's ae.safetensors)"))
+    for part, key, own, what in (("clip_l", "pooled_projection_dim", "hidden_size", "CLIP-L"),
+                                 ("t5xxl", "joint_attention_dim", "d_model", "T5-XXL")):
+        wanted = core.sizes.get(key)
+        width = facts[part].sizes.get(own) if part in facts else None
+        if wanted and width and wanted != width:
+            problems.append((part, f"{facts[part].name} is {width} wide; this FLUX transformer takes {what}'s "
+                                   f"{wanted}"))
+    return problems
 
 
 @dataclass(frozen=True)
@@ -270,8 +478,8 @@ class InstantCharacterFiles:
     siglip: Path          # Hugging Face folder (google/siglip-so400m-patch14-384)
     dinov2: Path          # Hugging Face folder (facebook/dinov2-giant)
     adapter: Path         # instantcharacter_ip-adapter.bin or its .safetensors conversion
-    clip_tokenizer: Path
-    t5_tokenizer: Path
+    clip_tokenizer: Path  # used when the diffusers folder (if any) has no tokenizer/ of its own
+    t5_tokenizer: Path    # likewise tokenizer_2/
 
     def check(self) -> None:
         self.flux.check()
@@ -280,29 +488,64 @@ class InstantCharacterFiles:
                 raise ModelFileError(f"{name}: {folder} is not a Hugging Face model folder (no config.json)")
         if not Path(self.adapter).is_file():
             raise ModelFileError(f"InstantCharacter adapter: {self.adapter} does not exist")
+        problem = adapter_problem(self.adapter)
+        if problem:
+            raise ModelFileError(f"InstantCharacter adapter: {problem}")
+
+    def tokenizer_folders(self) -> tuple[Path, Path]:
+        """The diffusers folder's own tokenizer/ and tokenizer_2/ where it has them, else ComfyUI's copies."""
+        return (_own_folder(self.flux.folder, "tokenizer") or Path(self.clip_tokenizer),
+                _own_folder(self.flux.folder, "tokenizer_2") or Path(self.t5_tokenizer))
+
+
+def _own_folder(folder: Path | None, name: str) -> Path | None:
+    if folder is None:
+        return None
+    candidate = Path(folder) / name
+    return candidate if candidate.is_dir() and any(candidate.iterdir()) else None
+
+
+def adapter_problem(path: Path | str) -> str | None:
+    """What is wrong with an InstantCharacter adapter file, from its header (None: fine, or unknown)."""
+    header = kinds.read_header(path, "InstantCharacter adapter")
+    if header is None:
+        return None
+    kind = kinds.identify(header)
+    if kind.label != "the InstantCharacter adapter":
+        return (f"{Path(path).name} is {kind.label}; choose instantcharacter_ip-adapter.bin from "
+                "Tencent/InstantCharacter")
+    return None
+
+
+def flux_scheduler_config(folder: Path | None) -> dict:
+    """The diffusers folder's scheduler/scheduler_config.json where it has one, else the shipped one."""
+    own = Path(folder) / "scheduler" / "scheduler_config.json" if folder is not None else None
+    config = json.loads(own.read_text()) if own is not None and own.is_file() else shipped_config("flux_scheduler.json")
+    return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
 def load_flux(files: FluxFiles, dtype: torch.dtype, tokenizers) -> dict:
-    """The components of a diffusers FluxPipeline."""
+    """The components of a diffusers FluxPipeline: each part from its own file, else from the
+    all-in-one checkpoint (only that part's tensors are read), else from the diffusers folder."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextModel, T5EncoderModel
 
-    folder = Path(files.folder) if files.folder else None
+    loaders = {"transformer": (load_flux_transformer, FluxTransformer2DModel), "vae": (load_flux_vae, AutoencoderKL),
+               "clip_l": (load_clip_l, CLIPTextModel), "t5xxl": (load_t5xxl, T5EncoderModel)}
 
-    def from_folder(cls, subfolder):
-        return cls.from_pretrained(str(folder), subfolder=subfolder, torch_dtype=dtype, local_files_only=True,
-                                   low_cpu_mem_usage=False).eval().requires_grad_(False)
+    def load(part):
+        how, path, prefix = files.source(part)
+        read, cls = loaders[part]
+        if how == "folder":
+            return cls.from_pretrained(str(path.parent), subfolder=path.name, torch_dtype=dtype, local_files_only=True,
+                                       low_cpu_mem_usage=False).eval().requires_grad_(False)
+        return read(path, dtype, prefix)
 
-    scheduler_config = {k: v for k, v in shipped_config("flux_scheduler.json").items() if not k.startswith("_")}
     clip_tokenizer, t5_tokenizer = tokenizers
     return {
-        "transformer": load_flux_transformer(files.transformer, dtype) if files.transformer
-        else from_folder(FluxTransformer2DModel, "transformer"),
-        "vae": load_flux_vae(files.vae, dtype) if files.vae else from_folder(AutoencoderKL, "vae"),
-        "text_encoder": load_clip_l(files.clip_l, dtype) if files.clip_l else from_folder(CLIPTextModel, "text_encoder"),
-        "text_encoder_2": load_t5xxl(files.t5xxl, dtype) if files.t5xxl
-        else from_folder(T5EncoderModel, "text_encoder_2"),
-        "scheduler": FlowMatchEulerDiscreteScheduler(**scheduler_config),
+        "transformer": load("transformer"), "vae": load("vae"), "text_encoder": load("clip_l"),
+        "text_encoder_2": load("t5xxl"),
+        "scheduler": FlowMatchEulerDiscreteScheduler(**flux_scheduler_config(files.folder)),
         "tokenizer": clip_tokenizer,
         "tokenizer_2": t5_tokenizer,
     }
@@ -435,7 +678,7 @@ def build_pipeline(files: InstantCharacterFiles, device: torch.device | str = "c
 
     check_weight_format(weight_format)                 # before any weight loads
     files.check()
-    tokenizers = load_tokenizers(files.clip_tokenizer, files.t5_tokenizer)
+    tokenizers = load_tokenizers(*files.tokenizer_folders())
     adapter = build_adapter(read_state(files.adapter, "InstantCharacter adapter"), dtype)
     encoders = load_image_encoders(files.siglip, files.dinov2, dtype)
     flux = FluxPipeline(**load_flux(files.flux, dtype, tokenizers))

@@ -4,7 +4,9 @@ SDXL comes from a single-file checkpoint (models/checkpoints: the original layou
 from its weights the way ComfyUI detects them; a checkpoint that is not SDXL is refused by name
 before anything loads) or a diffusers folder. The IdentityNet is a diffusers ControlNet folder or
 its single .safetensors (sizes read from the weights); the face adapter is `ip-adapter.bin`;
-antelopev2 comes from models/insightface/models/antelopev2. Tokenizers: ComfyUI's CLIP copy.
+antelopev2 comes from models/insightface/models/antelopev2. Tokenizer: a diffusers folder's own
+tokenizer/ (and its scheduler config), else ComfyUI's CLIP copy. `instantid_problems` reads what each
+file is from its header (no weights) so that a wrong file is refused by name before anything loads.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Mapping
 
 import torch
 
+from .. import model_kinds as kinds
 from ..weights import ModelFileError, count, load_into, materialise_buffers, need, read_state, strip_prefix
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -80,6 +83,123 @@ def describe_non_sdxl(keys: list[str]) -> str | None:
     if has(UNET_PREFIX) and not has(CLIP_G_PREFIX):
         return "a diffusion model without SDXL's text encoders (a UNet-only file)"
     return "not a Stable Diffusion checkpoint"
+
+
+# ---- what each chosen file is, from its header ----------------------------------------------------
+
+PART_TITLES = {"sdxl": "SDXL", "identitynet": "IdentityNet", "adapter": "InstantID face adapter",
+               "lcm_lora": "LCM-LoRA"}
+SDXL_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+
+
+def sdxl_folder_problem(folder: Path | str) -> str | None:
+    """What is wrong with a diffusers folder chosen as SDXL (None: an SDXL base model or fine-tune)."""
+    folder = Path(folder)
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return (f"{folder.name} has no model_index.json; choose a diffusers pipeline folder (or a single-file "
+                "checkpoint in models/checkpoints)")
+    kind = json.loads(index.read_text()).get("_class_name", "")
+    if "XL" not in kind or "Refiner" in kind or not (folder / "text_encoder").is_dir():
+        return (f"{folder.name} is a {kind or 'pipeline of unknown kind'} folder; InstantID needs an SDXL base model "
+                "or a fine-tune of it")
+    missing = [part for part in SDXL_PARTS if not (folder / part / "config.json").is_file()]
+    if missing:
+        return f"{folder.name} lacks {', '.join(f'{p}/config.json' for p in missing)}"
+    return None
+
+
+def _width_from_config(folder: Path, key: str = "cross_attention_dim") -> int | None:
+    config = folder / "config.json"
+    if not config.is_file():
+        return None
+    value = json.loads(config.read_text()).get(key)
+    return value if isinstance(value, int) else None
+
+
+def _attention_width(header: kinds.Header, prefix: str = "") -> int | None:
+    """The text width the cross-attention takes (SDXL: 2048)."""
+    for key, shape in header.shapes.items():
+        if key.startswith(prefix) and key.endswith("attn2.to_k.weight") and len(shape) == 2:
+            return shape[1]
+    return None
+
+
+def instantid_problems(sdxl: Path | str | None = None, identitynet: Path | str | None = None,
+                       adapter: Path | str | None = None, lcm_lora: Path | str | None = None) -> list[tuple[str, str]]:
+    """(part, what is wrong) for each given file that is not what InstantID needs, and for widths
+    the parts do not share (SDXL's cross-attention, the IdentityNet's, the face tokens'). Headers and
+    configs only; files that are not given (or not there) are left out."""
+    problems: list[tuple[str, str]] = []
+    widths: dict[str, tuple[str, int]] = {}
+
+    def header_of(part, path):
+        try:
+            return kinds.read_header(path, PART_TITLES[part])
+        except ModelFileError as exc:
+            problems.append((part, str(exc).partition(": ")[2] or str(exc)))
+            return None
+
+    if sdxl is not None and Path(sdxl).exists():
+        sdxl = Path(sdxl)
+        if sdxl.is_dir():
+            problem = sdxl_folder_problem(sdxl)
+            if problem:
+                problems.append(("sdxl", problem))
+            elif (width := _width_from_config(sdxl / "unet")) is not None:
+                widths["sdxl"] = (sdxl.name, width)
+        elif (header := header_of("sdxl", sdxl)) is not None:
+            kind = describe_non_sdxl(list(header.shapes))
+            if kind:
+                problems.append(("sdxl", f"{sdxl.name} is {kind}; InstantID needs an SDXL checkpoint (SDXL base 1.0 "
+                                         "or a fine-tune of it)"))
+            elif (width := _attention_width(header, UNET_PREFIX)) is not None:
+                widths["sdxl"] = (sdxl.name, width)
+    if identitynet is not None and Path(identitynet).exists():
+        identitynet = Path(identitynet)
+        if identitynet.is_dir():
+            config = identitynet / "config.json"
+            name = json.loads(config.read_text()).get("_class_name", "") if config.is_file() else ""
+            if name != "ControlNetModel":
+                problems.append(("identitynet", f"{identitynet.name} is {'a ' + name if name else 'not a diffusers'} "
+                                                "folder; choose InstantID's ControlNetModel folder"))
+            elif (width := _width_from_config(identitynet)) is not None:
+                widths["identitynet"] = (identitynet.name, width)
+        elif (header := header_of("identitynet", identitynet)) is not None:
+            kind = kinds.identify(header)
+            if kind.name != kinds.CONTROLNET or "SDXL" not in kind.label:
+                problems.append(("identitynet", f"{identitynet.name} is {kind.label}; identitynet needs InstantID's "
+                                                "IdentityNet (an SDXL ControlNet, diffusion_pytorch_model.safetensors)"))
+            elif not header.has("controlnet_cond_embedding."):
+                problems.append(("identitynet", f"{identitynet.name} is a ControlNet in the original (non-diffusers) "
+                                                "layout; choose InstantID's ControlNetModel folder or its "
+                                                "diffusion_pytorch_model.safetensors"))
+            elif (width := _attention_width(header)) is not None:
+                widths["identitynet"] = (identitynet.name, width)
+    if adapter is not None and Path(adapter).is_file():
+        header = header_of("adapter", adapter)
+        if header is not None:
+            kind = kinds.identify(header)
+            if kind.label != "the InstantID face adapter":
+                problems.append(("adapter", f"{Path(adapter).name} is {kind.label}; adapter needs InstantID's "
+                                            "ip-adapter.bin (InstantX/InstantID)"))
+            elif (shape := header.shape("image_proj.proj_out.weight")) is not None:
+                widths["adapter"] = (Path(adapter).name, shape[0])
+    if lcm_lora is not None and Path(lcm_lora).is_file():
+        header = header_of("lcm_lora", lcm_lora)
+        if header is not None and (kind := kinds.identify(header)).label != "a LoRA":
+            problems.append(("lcm_lora", f"{Path(lcm_lora).name} is {kind.label}; lcm_lora needs the LCM-LoRA for "
+                                         "SDXL (latent-consistency/lcm-lora-sdxl)"))
+    if "sdxl" in widths:
+        base_name, base = widths["sdxl"]
+        texts = {"identitynet": "the cross-attention of {name} takes {width}-wide text",
+                 "adapter": "the face tokens of {name} are {width} wide"}
+        for part, text in texts.items():
+            if part in widths and widths[part][1] != base:
+                name, width = widths[part]
+                problems.append((part, f"{text.format(name=name, width=width)}; this UNet's cross-attention takes "
+                                       f"{base} ({base_name}; is it made for SDXL?)"))
+    return problems
 
 
 # ---- UNet (original layout) -------------------------------------------------------------------
@@ -237,8 +357,6 @@ def load_identitynet(source: Path | str, dtype: torch.dtype, pooled_dim: int):
 
 # ---- SDXL from a diffusers folder --------------------------------------------------------------
 
-SDXL_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
-
 
 def load_sdxl_folder(folder: Path | str, dtype: torch.dtype) -> dict:
     """UNet, VAE and both text encoders from a diffusers SDXL folder (its scheduler config too)."""
@@ -246,17 +364,9 @@ def load_sdxl_folder(folder: Path | str, dtype: torch.dtype) -> dict:
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     folder = Path(folder)
-    index = folder / "model_index.json"
-    if not index.is_file():
-        raise ModelFileError(f"SDXL: {folder} has no model_index.json; choose a diffusers pipeline folder "
-                             "(or a single-file checkpoint in models/checkpoints)")
-    kind = json.loads(index.read_text()).get("_class_name", "")
-    if "XL" not in kind or "Refiner" in kind or not (folder / "text_encoder").is_dir():
-        raise ModelFileError(f"SDXL: {folder.name} is a {kind or 'pipeline of unknown kind'} folder; InstantID "
-                             "needs an SDXL base model or a fine-tune of it")
-    missing = [part for part in SDXL_PARTS if not (folder / part / "config.json").is_file()]
-    if missing:
-        raise ModelFileError(f"SDXL: {folder.name} lacks {', '.join(f'{p}/config.json' for p in missing)}")
+    problem = sdxl_folder_problem(folder)
+    if problem:
+        raise ModelFileError(f"SDXL: {problem}")
 
     def part(cls, name):
         try:
@@ -279,7 +389,7 @@ class InstantIDFiles:
     sdxl: Path                    # a single-file SDXL checkpoint or a diffusers SDXL folder
     identitynet: Path             # ControlNetModel folder or its .safetensors
     adapter: Path                 # ip-adapter.bin
-    clip_tokenizer: Path          # a CLIP tokenizer folder (ComfyUI's sd1_tokenizer)
+    clip_tokenizer: Path          # a CLIP tokenizer folder (ComfyUI's sd1_tokenizer), unless the SDXL folder has one
     antelopev2: Path | None = None        # the antelopev2 folder; None: faces are given precomputed
     lcm_lora: Path | None = None          # LCM-LoRA for SDXL, for the fast mode
 
@@ -293,19 +403,24 @@ class InstantIDFiles:
                 raise ModelFileError(f"SDXL: {sdxl} has no model_index.json; choose a diffusers pipeline folder")
         elif not sdxl.is_file():
             raise ModelFileError(f"SDXL: {sdxl} does not exist")
-        else:
-            kind = describe_non_sdxl(checkpoint_keys(sdxl))
-            if kind:
-                raise ModelFileError(f"{sdxl.name} is {kind}; InstantID needs an SDXL checkpoint (SDXL base 1.0 or "
-                                     "a fine-tune of it)")
         identitynet = Path(self.identitynet)
         if not identitynet.exists():
             raise ModelFileError(f"IdentityNet: {identitynet} does not exist")
         for what, path in (("InstantID face adapter", self.adapter), ("LCM-LoRA", self.lcm_lora)):
             if path is not None and not Path(path).is_file():
                 raise ModelFileError(f"{what}: {path} does not exist")
+        problems = instantid_problems(self.sdxl, self.identitynet, self.adapter, self.lcm_lora)
+        if problems:
+            # an SDXL problem reads as before ("x.safetensors is a Stable Diffusion 1.x model; …")
+            raise ModelFileError("; ".join(text if part == "sdxl" else f"{PART_TITLES[part]}: {text}"
+                                           for part, text in problems))
         if self.antelopev2 is not None:
             find_antelopev2(self.antelopev2)
+
+    def tokenizer_folder(self) -> Path:
+        """The SDXL diffusers folder's own tokenizer/ where it has one, else the given CLIP copy."""
+        own = Path(self.sdxl) / "tokenizer"
+        return own if Path(self.sdxl).is_dir() and own.is_dir() and any(own.iterdir()) else Path(self.clip_tokenizer)
 
 
 def build_pipeline(files: InstantIDFiles, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
@@ -319,7 +434,7 @@ def build_pipeline(files: InstantIDFiles, device: torch.device | str = "cpu", dt
     from .pipeline import InstantIDPipeline, SDXLModels
 
     files.check()
-    tokenizer, _ = load_sdxl_tokenizers(files.clip_tokenizer)
+    tokenizer, _ = load_sdxl_tokenizers(files.tokenizer_folder())
     adapter_state = read_state(files.adapter, "InstantID face adapter")
     faces = FaceAnalyzer(files.antelopev2, device=face_device) if files.antelopev2 is not None else face_analyzer
     sdxl = Path(files.sdxl)
