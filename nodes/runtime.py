@@ -2,6 +2,7 @@
 IMAGE conversion, and the info JSON. Shared by every image-producing node."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -92,6 +93,11 @@ async def generate(backend: GenerationBackend, request: GenerationRequest, node_
     except GenerationInterrupted:
         context.report_status("cancelled")
         raise comfy.model_management.InterruptProcessingException() from None
+    except asyncio.CancelledError:
+        # ComfyUI ended the prompt (a Cancel, or another node failed) while this node waited or
+        # ran: its last text ("waiting for the GPU ...") must not stay on the node
+        context.report_status("cancelled" if context.interrupted() else "stopped: the prompt ended (another node failed)")
+        raise
     info = result.info()
     flagged = sum(result.safety_flags)
     summary = f"{result.backend}: {len(result.images)} image(s)"
