@@ -161,3 +161,29 @@ def test_turns_hold_across_event_loops_and_threads():
     ordered = sorted(spans(record).values())
     assert len(ordered) == 3
     assert all(earlier[1] <= later[0] for earlier, later in zip(ordered, ordered[1:]))
+
+
+def test_a_waiter_whose_prompt_ended_leaves_the_queue_without_taking_the_device():
+    """ComfyUI cancels the other nodes' tasks when a prompt fails: a cancelled waiter steps out of
+    line, and the one behind it is next."""
+    queue, record = DeviceQueue("cuda:0"), []
+
+    async def scenario():
+        held = asyncio.create_task(run_on_device(queue, GPU, "A", Context("2"), sleeper(0.4, record, "A"),
+                                                 threading.Event()))
+        await asyncio.sleep(0.05)
+        dropped = asyncio.create_task(run_on_device(queue, GPU, "B", Context("3"), sleeper(0.1, record, "B"),
+                                                    threading.Event()))
+        await asyncio.sleep(0.05)
+        behind = asyncio.create_task(run_on_device(queue, GPU, "C", Context("4"), sleeper(0.1, record, "C"),
+                                                   threading.Event()))
+        await asyncio.sleep(0.1)
+        dropped.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await dropped
+        await asyncio.gather(held, behind)
+
+    asyncio.run(scenario())
+    assert [name for name, kind, _ in record if kind == "start"] == ["A", "C"]
+    assert spans(record)["A"][1] <= spans(record)["C"][0]
+    assert queue.holder() is None
