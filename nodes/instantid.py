@@ -46,12 +46,12 @@ def _resolve(name: str, value) -> str:
     if name == "sdxl_model":
         is_folder, choice = _folder_choice(value) if isinstance(value, str) else (False, value)
         if is_folder:
-            return files.listed_folder(name, choice, "diffusers", files._folders_with("diffusers", "model_index.json"))
+            return files.listed_folder(name, choice, "diffusers", files.folders_with("diffusers", "model_index.json"))
         return files.listed_file(name, choice, ("checkpoints",), files.CHECKPOINT_EXTENSIONS)
     if name == "identitynet":
         is_folder, choice = _folder_choice(value) if isinstance(value, str) else (False, value)
         if is_folder:
-            return files.listed_folder(name, choice, "controlnet", files._folders_with("controlnet", "config.json"))
+            return files.listed_folder(name, choice, "controlnet", files.folders_with("controlnet", "config.json"))
         return files.listed_file(name, choice, ("controlnet",), (".safetensors",))
     if name == "adapter":
         return files.listed_file(name, value, (files.INSTANTID_FOLDER,), tuple(files.ADAPTER_EXTENSIONS))
@@ -105,8 +105,9 @@ class InstantIDLoader(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, sdxl_model, identitynet, adapter, lcm_lora) -> bool:
         """At queue time: names that could leave the model folders, and the kind of each chosen file
-        that is there (read from its header; each problem once, under its own input's name). A file
-        the user does not have is not refused here: only a loader that runs needs it."""
+        that is there (read from its header; each problem once, its line starting with its input). A file
+        the user does not have is not refused here: only a loader that runs needs it. Problems are
+        raised, one line per input (files.InputProblems says why not returned)."""
         values = dict(sdxl_model=sdxl_model, identitynet=identitynet, adapter=adapter, lcm_lora=lcm_lora)
         lines = files.check_names(values) or _loader_problems(values)[2]
         if lines:
@@ -117,7 +118,8 @@ class InstantIDLoader(io.ComfyNode):
     def plan(cls, sdxl_model, identitynet, adapter, lcm_lora=NO_LCM, **_):
         """The files these widget values name: only names in their folders' current lists, each what
         its input needs (FileNotFoundError / ModelFileError naming the input otherwise); also asked by
-        the route node before it picks the local branch."""
+        the route node before it picks the local branch. A file input that comes from another node is
+        missing from the widgets: a TypeError, as only the running loader can know its value."""
         from ..pipelines.local.instantid.loading import InstantIDFiles
         from ..pipelines.local.weights import ModelFileError
 

@@ -96,7 +96,8 @@ class InstantCharacterLoader(io.ComfyNode):
         """At queue time: names that could leave the model folders, choices that cannot work together,
         and the kind and sizes of every chosen file that is there (read from its header). A file the
         user does not have is not refused here: only a loader that runs needs it. Taking every file
-        input here also keeps ComfyUI versions that check combo values from refusing such a name."""
+        input here also keeps ComfyUI versions that check combo values from refusing such a name.
+        Problems are raised, one line per input (files.InputProblems says why not returned)."""
         values = dict(flux_model=flux_model, vae=vae, clip_l=clip_l, t5xxl=t5xxl, siglip=siglip, dinov2=dinov2,
                       adapter=adapter)
         lines = files.check_names(values) or _loader_problems(values, weight_format)[2]
@@ -108,7 +109,8 @@ class InstantCharacterLoader(io.ComfyNode):
     def plan(cls, flux_model, vae, clip_l, t5xxl, siglip, dinov2, adapter, weight_format=None, **_):
         """The files these widget values name: only names in their folders' current lists, each what
         its input needs (FileNotFoundError / ModelFileError naming the input otherwise); also asked by
-        the route node before it picks the local branch."""
+        the route node before it picks the local branch. A file input that comes from another node is
+        missing from the widgets: a TypeError, as only the running loader can know its value."""
         from ..pipelines.local.instantcharacter.loading import InstantCharacterFiles
         from ..pipelines.local.weights import ModelFileError
 
@@ -156,7 +158,7 @@ def _flux_choice(flux_model) -> tuple[dict, list[str]]:
         if flux_model.endswith(files.FOLDER_SUFFIX):
             name = flux_model[: -len(files.FOLDER_SUFFIX)]
             return {"folder": files.listed_folder("flux_model", name, "diffusers",
-                                                  files._folders_with("diffusers", "model_index.json"))}, []
+                                                  files.folders_with("diffusers", "model_index.json"))}, []
         if flux_model.endswith(files.CHECKPOINT_SUFFIX):
             name = flux_model[: -len(files.CHECKPOINT_SUFFIX)]
             return {"checkpoint": files.listed_file("flux_model", name, ("checkpoints",), files.CHECKPOINT_EXTENSIONS)}, []

@@ -93,7 +93,7 @@ def check_names(values: dict[str, str | None]) -> list[str]:
 
 # ---- listing -----------------------------------------------------------------------------------
 
-def _folders_with(kind: str, marker: str, depth: int = 3) -> list[str]:
+def folders_with(kind: str, marker: str, depth: int = 3) -> list[str]:
     """Sub-folders of a model folder (any of its paths) that hold `marker`, as relative names."""
     found = set()
     for base in folder_paths.get_folder_paths(kind) if kind in folder_paths.folder_names_and_paths else []:
@@ -134,8 +134,29 @@ def flux_checkpoints() -> list[str]:
     return found
 
 
+def diffusers_folders(pipeline: str) -> list[str]:
+    """The diffusers folders whose model_index.json names a pipeline class containing `pipeline`
+    ("Flux", "XL"); a folder whose index cannot be read is listed (its loader says what is wrong)."""
+    import json
+
+    found = []
+    for name in folders_with("diffusers", "model_index.json"):
+        for base in folder_paths.get_folder_paths("diffusers"):
+            index = os.path.join(base, *name.split("/"), "model_index.json")
+            if os.path.isfile(index):
+                try:
+                    with open(index, encoding="utf-8") as handle:
+                        kind = str(json.load(handle).get("_class_name", ""))
+                except (OSError, ValueError):
+                    kind = pipeline
+                if pipeline in kind:
+                    found.append(name)
+                break
+    return found
+
+
 def flux_model_options() -> list[str]:
-    folders = [name + FOLDER_SUFFIX for name in _folders_with("diffusers", "model_index.json")]
+    folders = [name + FOLDER_SUFFIX for name in diffusers_folders("Flux")]
     checkpoints = [name + CHECKPOINT_SUFFIX for name in flux_checkpoints()]
     return or_none(folders + files_of(("diffusion_models", GGUF_FOLDER), FLUX_FILE_EXTENSIONS) + checkpoints)
 
@@ -149,7 +170,7 @@ def text_encoder_options() -> list[str]:
 
 
 def image_encoder_options() -> list[str]:
-    return or_none(_folders_with("clip_vision", "config.json"))
+    return or_none(folders_with("clip_vision", "config.json"))
 
 
 def adapter_options() -> list[str]:
@@ -157,12 +178,12 @@ def adapter_options() -> list[str]:
 
 
 def sdxl_model_options() -> list[str]:
-    folders = [name + FOLDER_SUFFIX for name in _folders_with("diffusers", "model_index.json")]
+    folders = [name + FOLDER_SUFFIX for name in diffusers_folders("XL")]
     return or_none(files_of(("checkpoints",), CHECKPOINT_EXTENSIONS) + folders)
 
 
 def identitynet_options() -> list[str]:
-    folders = [name + FOLDER_SUFFIX for name in _folders_with("controlnet", "config.json")]
+    folders = [name + FOLDER_SUFFIX for name in folders_with("controlnet", "config.json")]
     return or_none(folders + files_of(("controlnet",), (".safetensors",)))
 
 
