@@ -50,15 +50,24 @@ def test_pyproject_has_registry_metadata_and_test_extras():
     assert {"pytest", "playwright"} <= set(requirement_names(project["optional-dependencies"]["test"]))
 
 
-def test_requirements_txt_matches_pyproject_minus_torch():
+def test_requirements_txt_matches_pyproject_and_neither_installs_torch():
     declared = requirement_names(PYPROJECT["project"]["dependencies"])
-    assert {"torch", "diffusers", "transformers", "safetensors", "aiohttp"} <= set(declared)
-    # ComfyUI-Manager installs requirements.txt into an environment that already has the torch the
-    # user chose; listing torch there risks replacing a CUDA build.
-    assert requirement_names((REPO_ROOT / "requirements.txt").read_text().splitlines()) == {
-        name: spec for name, spec in declared.items() if name != "torch"}
+    assert {"diffusers", "transformers", "safetensors", "aiohttp"} <= set(declared)
+    # ComfyUI-Manager and the comfy CLI install requirements.txt, pip the pyproject's list, into an
+    # environment that already has the torch the user chose: naming torch in either risks replacing
+    # a CUDA build, and the README says the pack never installs it.
+    assert requirement_names((REPO_ROOT / "requirements.txt").read_text().splitlines()) == declared
     for name in declared:
-        assert name not in {"torchvision", "torchaudio", "opencv-python", "insightface"}, name
+        assert name not in {"torch", "torchvision", "torchaudio", "opencv-python", "insightface"}, name
+
+
+def test_the_dependency_floors_are_the_ones_the_install_page_says_were_tested():
+    """docs/install.md's floors table (package | lowest version that passed) is what requirements.txt asks for."""
+    page = (REPO_ROOT / "docs" / "install.md").read_text()
+    section = page.split("## Dependency floors", 1)[1].split("\n## ", 1)[0]
+    table = dict(re.findall(r"^\| `([a-z0-9-]+)` \| ([0-9][0-9.]*) \|", section, re.M))
+    floors = {name: spec for name, spec in requirement_names((REPO_ROOT / "requirements.txt").read_text().splitlines()).items()}
+    assert {name: f"{name}>={version}" for name, version in table.items()} == floors
 
 
 def python_files(folder: str):
