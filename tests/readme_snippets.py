@@ -1,5 +1,5 @@
-"""The README's "From Python" snippets stay true to the code: every keyword a snippet passes to a
-function of the pack exists in that function's signature."""
+"""The "From Python" snippets (docs/python.md, linked from the README) stay true to the code: every
+keyword a snippet passes to a function of the pack exists in that function's signature."""
 from __future__ import annotations
 
 import ast
@@ -7,13 +7,13 @@ import inspect
 import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+PYTHON_DOC = Path(__file__).resolve().parent.parent / "docs" / "python.md"
 
 
 def check_snippet(marker: str, callables: dict) -> None:
-    """The one ```python block of README.md containing `marker`: each call of a name in `callables`
-    passes only keywords that function takes, and every name is called."""
-    [snippet] = [block for block in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if marker in block]
+    """The one ```python block of docs/python.md containing `marker`: each call of a name in
+    `callables` passes only keywords that function takes, and every name is called."""
+    [snippet] = [block for block in re.findall(r"```python\n(.*?)```", PYTHON_DOC.read_text(), re.S) if marker in block]
     seen = set()
     for node in ast.walk(ast.parse(snippet)):
         if isinstance(node, ast.Call):

@@ -104,6 +104,65 @@ def test_readme_test_command_is_what_ci_runs():
     assert re.search(r"^exec bash scripts/test\.sh$", ci, re.M)
 
 
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_between_the_readme_and_the_docs_pages_resolves():
+    pages = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    assert len(pages) > 5
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            assert linked.exists(), f"{page.name}: {target}"
+            if anchor and linked.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", linked.read_text(), re.M)
+                assert anchor in {github_anchor(h) for h in headings}, f"{page.name}: {target}"
+
+
+def test_the_python_page_states_build_pipelines_real_defaults_and_outputs():
+    """docs/python.md says what build_pipeline does when memory= (and device=, dtype=) are left out, and
+    which output= values generate takes: both pipelines' signatures agree."""
+    import inspect
+
+    from pipelines.local.instantcharacter import loading as character_loading
+    from pipelines.local.instantcharacter.pipeline import InstantCharacterPipeline
+    from pipelines.local.instantid import loading as face_loading
+    from pipelines.local.instantid.pipeline import InstantIDPipeline
+
+    page = (REPO_ROOT / "docs" / "python.md").read_text()
+    stated = page.split("**Defaults of `build_pipeline`**", 1)[1].split("\n\n", 1)[0]
+    claimed = dict(re.findall(r'`(\w+)=([^`]+)`', stated))
+    assert set(claimed) == {"device", "dtype", "memory"}, claimed
+    for build in (character_loading.build_pipeline, face_loading.build_pipeline):
+        parameters = inspect.signature(build).parameters
+        for name, text in claimed.items():
+            assert repr(parameters[name].default).replace("'", '"') == text, (build.__module__, name)
+    for generate in (InstantCharacterPipeline.generate, InstantIDPipeline.generate):
+        assert inspect.signature(generate).parameters["output"].default == "pil"
+    assert '`output="pt"` a float tensor `[B, 3, H, W]` with values in 0..1' in page
+
+
+def test_the_pipelines_import_from_any_folder_as_the_python_page_says(tmp_path):
+    import os
+    import subprocess
+
+    page = (REPO_ROOT / "docs" / "python.md").read_text()
+    assert "`PYTHONPATH=<the pack's folder> python your_script.py`" in page
+    code = ("import pipelines.local.instantcharacter.loading, pipelines.local.instantid.loading, "
+            "pipelines.local.instantid.conditioning, pipelines.local.instantid.styles")
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    without = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=environment, capture_output=True, text=True)
+    assert "No module named 'pipelines'" in without.stderr
+    with_path = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**environment, "PYTHONPATH": str(REPO_ROOT)},
+                               capture_output=True, text=True)
+    assert with_path.returncode == 0, with_path.stderr
+
+
 @pytest.mark.comfyui
 def test_loading_the_pack_in_comfyui_imports_no_heavy_library():
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
