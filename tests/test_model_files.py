@@ -292,7 +292,7 @@ for case in json.loads(sys.stdin.read()):
     report = {"valid": valid[0], "node_errors": valid[3]}
     if valid[0] and case.get("execute"):
         stub = server.PromptServer.instance = Server()
-        executor = execution.PromptExecutor(stub, cache_args={"lru": 0, "ram": 0})
+        executor = execution.PromptExecutor(stub, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})  # ComfyUI 0.33 reads ram_inactive
         executor.execute(case["prompt"], "prompt", {"client_id": "test"}, valid[2])
         report["errors"] = [data.get("exception_message") for event, data in stub.events if event == "execution_error"]
     reports.append(report)
