@@ -5,7 +5,8 @@
 #
 # Makes DIR/venv (Python venv) and DIR/ComfyUI (the ComfyUI tree). Idempotent: a second run only
 # checks, and repairs what is missing. Environment (all optional):
-#   PYTHON=python3             interpreter for the venv (3.10+)
+#   PYTHON=python3             interpreter for the venv (3.11+: the pins in constraints.txt, numpy 2.4
+#                              among them, need 3.11; the pack itself runs on ComfyUI's 3.10 too)
 #   TORCH_SPEC=torch==2.13.0   torch requirement; on the CPU machines this project is built on it
 #                              resolves to the machine's local 2.13.0+cpu wheel
 #   COMFYUI_SOURCE_DIR=        use this ComfyUI tree (a checkout or an exported archive of any
@@ -66,7 +67,7 @@ started=$(date +%s)
 
 step "venv: $VENV"
 [ -x "$PY" ] || "$PYTHON" -m venv "$VENV"
-"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || fail "Python 3.10 or newer is required"
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || fail "Python 3.11 or newer is required (the pinned versions in scripts/constraints.txt, numpy 2.4 among them, need it; the pack itself also runs on 3.10)"
 mkdir -p "$DOWNLOADS"
 
 step "torch: $TORCH_SPEC"
