@@ -210,13 +210,18 @@ class SubjectAttnProcessor(nn.Module):
         self.to_v_ip = nn.Linear(subject_dim, hidden_size)
 
     def subject_attention(self, attn, image_query: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        heads = attn.heads
-        batch = image_query.shape[0]
+        return self.attend(image_query.unflatten(-1, (attn.heads, -1)).transpose(1, 2), tokens)
+
+    def attend(self, image_query: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The subject branch (unscaled) from the raw image query per head [B, H, L, D] and the subject
+        tokens [1 or B, N, C] → [B, L, H*D]. The all-in-one pipeline and the native ComfyUI patch both
+        call this."""
+        batch, heads = image_query.shape[:2]
 
         def per_head(x):               # [B, L, H*D] → [B, H, L, D]
             return x.unflatten(-1, (heads, -1)).transpose(1, 2)
 
-        query = self.norm_ip_q(per_head(image_query))
+        query = self.norm_ip_q(image_query)
         key = self.norm_ip_k(per_head(self.to_k_ip(tokens))).expand(batch, -1, -1, -1)
         value = per_head(self.to_v_ip(tokens)).expand(batch, -1, -1, -1)
         out = F.scaled_dot_product_attention(query.to(value.dtype), key.to(value.dtype), value)

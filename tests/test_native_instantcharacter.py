@@ -1,0 +1,374 @@
+"""Native InstantCharacter (nodes/native_instantcharacter.py) against the all-in-one pipeline, call by
+call, on tiny models (fp32, CPU), in this process with the ComfyUI the tests use (COMFYUI_DIR).
+
+ComfyUI's side is ComfyUI's own FLUX (its model detection on the tiny BFL file, heads set to the
+tiny model's, since detection hard-codes FLUX.1's 24), wrapped in a ModelPatcher and called through
+ComfyUI's sampler machinery (CFGGuider → calc_cond_batch → apply_model) with conditioning in
+ComfyUI's format. The pipeline's side is its transformer with the subject processors (the path
+whose images equal the reference implementation's). Both get the same packed latents, sigma
+(the pipeline: timestep = sigma × 1000), text embeddings from the pipeline's encode_prompt, pooled
+embedding, guidance and reference features.
+
+Which mechanism the patch uses depends on the ComfyUI: attention patches where its FLUX blocks
+call them (0.33), block replacement otherwise (0.3.75); where both exist, both are tested.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
+import pytest
+import torch
+
+import instantcharacter_fidelity as cases
+import instantcharacter_models as tiny
+from comfyui_server import REPO_ROOT, comfyui_dir
+
+HEIGHT, WIDTH = 48, 64
+PROMPT = "a girl is playing a guitar in the street"
+GUIDANCE = 3.5
+WEIGHT = 0.9
+# sigmas whose timestep round-trips exactly (sigma × 1000 / 1000 == sigma in fp32), so both sides'
+# timestep embeddings get identical inputs: the comparison measures the patch, not that rounding
+SIGMAS = (1.0, 0.75)
+
+
+def tolerance(reference: torch.Tensor) -> float:
+    return 1e-5 * max(1.0, reference.abs().max().item())
+
+
+# ---- ComfyUI in this process, the pack's node module as ComfyUI imports it (inside its package) ----
+
+@pytest.fixture(scope="module")
+def comfy():
+    path = str(comfyui_dir() / "ComfyUI")
+    if path not in sys.path:
+        sys.path.append(path)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    import comfy.model_detection
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.samplers
+
+    return comfy
+
+
+@pytest.fixture(scope="module")
+def native(comfy):
+    """nodes/native_instantcharacter.py imported as ComfyUI imports the pack (a package holding nodes/
+    and pipelines/), without running nodes/__init__.py, which registers every node."""
+    for name, folder in (("charid_native_test", REPO_ROOT), ("charid_native_test.nodes", REPO_ROOT / "nodes")):
+        if name not in sys.modules:
+            package = types.ModuleType(name)
+            package.__path__ = [str(folder)]
+            sys.modules[name] = package
+    return importlib.import_module("charid_native_test.nodes.native_instantcharacter")
+
+
+def comfyui_has_flux_attention_patches() -> bool:
+    """Independent of the pack's own detection: whether this ComfyUI's FLUX code mentions them."""
+    layers = comfyui_dir() / "ComfyUI" / "comfy" / "ldm" / "flux" / "layers.py"
+    text = layers.read_text()
+    return "attn1_patch" in text and "attn1_output_patch" in text
+
+
+def mechanisms() -> list[str]:
+    return ["attention_patches", "block_replacement"] if comfyui_has_flux_attention_patches() else ["block_replacement"]
+
+
+# ---- the two sides ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return tiny.build_tiny_files(tmp_path_factory.mktemp("tiny-native-instantcharacter"))
+
+
+@pytest.fixture(scope="module")
+def pipe(files):
+    from pipelines.local.instantcharacter.loading import FluxFiles, InstantCharacterFiles, build_pipeline
+
+    clip_tokenizer, t5_tokenizer = tiny.comfy_tokenizer_dirs()
+    return build_pipeline(InstantCharacterFiles(flux=FluxFiles(folder=files.diffusers_folder), siglip=files.siglip_folder,
+                                                dinov2=files.dinov2_folder, adapter=files.adapter_bin,
+                                                clip_tokenizer=clip_tokenizer, t5_tokenizer=t5_tokenizer))
+
+
+@pytest.fixture(scope="module")
+def comfy_flux(comfy, files):
+    """ComfyUI's FLUX from the tiny BFL file, as UNETLoader builds it but for the head count."""
+    import comfy.utils
+
+    state = comfy.utils.load_torch_file(str(files.transformer_file))
+    unet_config = comfy.model_detection.detect_unet_config(state, "")
+    unet_config.update(num_heads=tiny.TRANSFORMER["num_attention_heads"],
+                       out_channels=unet_config["in_channels"])          # detection assumes 24 heads, 16 channels
+    model_config = comfy.model_detection.model_config_from_unet_config(unet_config, state)
+    assert type(model_config).__name__ == "Flux"
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model(state, "")
+    model.load_model_weights(state, "")
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+@pytest.fixture(scope="module")
+def adapter(comfy, native, files):
+    """The adapter as the loader node loads it: its own modules in a ModelPatcher."""
+    return native.load_adapter(files.adapter_bin, torch.float32, torch.device("cpu"), torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def inputs(pipe):
+    """Everything both sides get, made once."""
+    from diffusers import FluxPipeline
+
+    embeds, pooled, text_ids = pipe.encode_prompt(PROMPT, 512)
+    negative_embeds, negative_pooled, _ = pipe.encode_prompt("blurry, low quality", 512)
+    reference_key, features = pipe.encode_reference(cases.reference_image())
+    generator = torch.Generator().manual_seed(2024)
+    latents, image_ids = pipe.flux.prepare_latents(2, pipe.flux.transformer.config.in_channels // 4, HEIGHT, WIDTH,
+                                                   torch.float32, torch.device("cpu"), generator)
+    return types.SimpleNamespace(embeds=embeds, pooled=pooled, text_ids=text_ids, negative_embeds=negative_embeds,
+                                 negative_pooled=negative_pooled, reference_key=reference_key, features=features,
+                                 latents=latents, image_ids=image_ids,
+                                 unpack=lambda packed: FluxPipeline._unpack_latents(packed, HEIGHT, WIDTH, 8),
+                                 pack=lambda x: FluxPipeline._pack_latents(x, *x.shape))
+
+
+def pipeline_denoised(pipe, inputs, sigma: float, weight: float, latents=None, embeds=None, pooled=None):
+    """x - sigma × velocity of the pipeline's transformer + adapter (its own call, timestep = sigma × 1000)."""
+    from pipelines.local.instantcharacter.adapter import SubjectTokens
+
+    latents = inputs.latents[:1] if latents is None else latents
+    embeds = inputs.embeds if embeds is None else embeds
+    pooled = inputs.pooled if pooled is None else pooled
+    sigma_tensor = torch.tensor([sigma], dtype=torch.float32)
+    timestep = (sigma_tensor * 1000).expand(latents.shape[0])
+    assert float(timestep[0] / 1000) == float(sigma_tensor[0])
+    with torch.inference_mode():
+        tokens = pipe.subject_tokens(inputs.reference_key, inputs.features, timestep[:1])
+        velocity = pipe._transformer(latents, timestep, torch.full([latents.shape[0]], GUIDANCE), pooled.expand(latents.shape[0], -1),
+                                     embeds.expand(latents.shape[0], -1, -1), inputs.text_ids, inputs.image_ids,
+                                     {"subject": SubjectTokens(tokens, weight, embeds.shape[1])})
+    return latents - sigma_tensor * velocity
+
+
+def comfy_conditioning(embeds, pooled):
+    return [[embeds, {"pooled_output": pooled, "guidance": GUIDANCE}]]
+
+
+def comfy_denoised(comfy, model, inputs, sigma: float, latents=None, positive=None, negative=None, cfg: float = 1.0,
+                   calls: list | None = None):
+    """One model evaluation through ComfyUI's sampler machinery: a CFGGuider (which loads the MODEL and
+    the models its patches name) runs a sampler that evaluates the model once at (latents, sigma).
+    `calls`: collects each apply_model call's batch (input shape, cond_or_uncond, output) through
+    ComfyUI's model_function_wrapper. → the denoised latents, packed."""
+    latents = inputs.latents[:1] if latents is None else latents
+    x = inputs.unpack(latents)
+    model = model.clone()
+    if calls is not None:
+        def record(apply_model, args):
+            out = apply_model(args["input"], args["timestep"], **args["c"])
+            calls.append((tuple(args["input"].shape), list(args["cond_or_uncond"]), out))
+            return out
+        model.set_model_unet_function_wrapper(record)
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive or comfy_conditioning(inputs.embeds, inputs.pooled),
+                     negative or comfy_conditioning(inputs.negative_embeds, inputs.negative_pooled))
+    guider.set_cfg(cfg)
+    found = {}
+
+    def evaluate_once(model_k, noise, sigmas, extra_args=None, callback=None, disable=None):
+        found["denoised"] = model_k(x, sigmas[0] * x.new_ones([x.shape[0]]), **extra_args)
+        return noise
+
+    with torch.inference_mode():
+        guider.sample(torch.zeros_like(x), torch.zeros_like(x), comfy.samplers.KSAMPLER(evaluate_once),
+                      torch.tensor([sigma, 0.0]), seed=0)
+    return inputs.pack(found["denoised"])
+
+
+def applied(native, model, adapter, inputs, weight=WEIGHT, mechanism="auto", **options):
+    patched, used = native.apply_instantcharacter(model, adapter, inputs.features, weight, mechanism=mechanism, **options)
+    return patched, used
+
+
+# ---- which mechanism ----------------------------------------------------------------------------------
+
+def test_the_mechanism_is_the_one_this_comfyui_supports(native, comfy_flux, adapter, inputs):
+    _, used = applied(native, comfy_flux, adapter, inputs)
+    assert used == mechanisms()[0]
+    assert native.attention_patches_honoured(comfy_flux.model.diffusion_model) == comfyui_has_flux_attention_patches()
+
+
+# ---- (a) per-call parity ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sigma", SIGMAS)
+@pytest.mark.parametrize("mechanism", mechanisms())
+def test_one_call_equals_the_pipeline_transformer_with_the_adapter(comfy, native, pipe, comfy_flux, adapter, inputs,
+                                                                    mechanism, sigma, record_property):
+    reference = pipeline_denoised(pipe, inputs, sigma, WEIGHT)
+    patched, _ = applied(native, comfy_flux, adapter, inputs, mechanism=mechanism)
+    ours = comfy_denoised(comfy, patched, inputs, sigma)
+    plain = comfy_denoised(comfy, comfy_flux, inputs, sigma)
+    difference = (ours - reference).abs().max().item()
+    subject = (plain - reference).abs().max().item()
+    record_property("max_difference", difference)
+    record_property("subject_branch_effect", subject)
+    print(f"\n{mechanism} sigma={sigma}: |native - pipeline| = {difference:.3g}, |unpatched - pipeline| = {subject:.3g}, "
+          f"tolerance {tolerance(reference):.3g}")
+    assert difference < tolerance(reference)
+    assert subject > 1000 * tolerance(reference)          # the branch contributes materially
+
+
+def test_the_adapter_is_loaded_with_the_model_by_comfyuis_sampler(comfy, native, comfy_flux, adapter, inputs):
+    import comfy.model_management as mm
+
+    patched, _ = applied(native, comfy_flux, adapter, inputs)
+    mm.unload_all_models()
+    comfy_denoised(comfy, patched, inputs, SIGMAS[0])
+    assert adapter.patcher in [loaded.model for loaded in mm.current_loaded_models]
+    mm.unload_all_models()
+    assert adapter.patcher not in [loaded.model for loaded in mm.current_loaded_models]
+
+
+# ---- (b) weight 0, the window, the original MODEL -------------------------------------------------------
+
+@pytest.mark.parametrize("mechanism", mechanisms())
+def test_weight_zero_is_the_unpatched_model_bit_for_bit(comfy, native, comfy_flux, adapter, inputs, mechanism):
+    plain = comfy_denoised(comfy, comfy_flux, inputs, SIGMAS[1])
+    patched, _ = applied(native, comfy_flux, adapter, inputs, weight=0.0, mechanism=mechanism)
+    assert torch.equal(comfy_denoised(comfy, patched, inputs, SIGMAS[1]), plain)
+
+
+@pytest.mark.parametrize("mechanism", mechanisms())
+def test_outside_the_start_end_window_the_model_is_unpatched(comfy, native, pipe, comfy_flux, adapter, inputs,
+                                                             mechanism):
+    # FLUX's sampling (shift 1.15) puts 30 % at sigma 0.88: sigma 1.0 is before the window, 0.75 in it
+    patched, _ = applied(native, comfy_flux, adapter, inputs, mechanism=mechanism, start_percent=0.3,
+                         end_percent=1.0)
+    assert torch.equal(comfy_denoised(comfy, patched, inputs, 1.0), comfy_denoised(comfy, comfy_flux, inputs, 1.0))
+    inside = comfy_denoised(comfy, patched, inputs, 0.75)
+    reference = pipeline_denoised(pipe, inputs, 0.75, WEIGHT)
+    assert (inside - reference).abs().max() < tolerance(reference)
+
+
+def test_apply_leaves_the_given_model_as_it_was(comfy, native, comfy_flux, adapter, inputs):
+    import copy
+
+    before = comfy_denoised(comfy, comfy_flux, inputs, SIGMAS[1])
+    options = copy.deepcopy(comfy_flux.model_options)
+    patches = {key: list(value) for key, value in comfy_flux.patches.items()}
+    for mechanism in mechanisms():
+        applied(native, comfy_flux, adapter, inputs, mechanism=mechanism)
+    assert comfy_flux.model_options == options and comfy_flux.patches == patches
+    assert torch.equal(comfy_denoised(comfy, comfy_flux, inputs, SIGMAS[1]), before)
+
+
+def test_a_second_apply_is_refused_and_a_clone_shares_the_adapter(native, comfy_flux, adapter, inputs):
+    patched, _ = applied(native, comfy_flux, adapter, inputs)
+    with pytest.raises(native.NativeInstantCharacterError, match="already has InstantCharacter"):
+        applied(native, patched, adapter, inputs)
+    clone = patched.clone()               # deep-copies model_options: the patches share their state
+    ours = [p for p in native_patches(clone)]
+    assert ours and all(p.state is native_patches(patched)[0].state for p in ours)
+
+
+def native_patches(model) -> list:
+    options = model.model_options["transformer_options"]
+    found = [p for patches in options.get("patches", {}).values() for p in patches]
+    found += list(options.get("patches_replace", {}).get("dit", {}).values())
+    return [p for p in found if type(p).__name__ in ("SubjectQueryPatch", "SubjectOutputPatch", "BlockReplacement")]
+
+
+def test_a_model_that_is_not_flux_is_refused_by_name(native, adapter, inputs):
+    class SDXL:                                     # what a MODEL's .model is for an SDXL checkpoint
+        diffusion_model = torch.nn.Linear(1, 1)
+
+    model = types.SimpleNamespace(model=SDXL(), model_options={"transformer_options": {}})
+    with pytest.raises(native.NativeInstantCharacterError, match="needs a FLUX.1 model; this MODEL is SDXL"):
+        applied(native, model, adapter, inputs)
+
+
+# ---- (c) mutations: each known way to get it wrong breaks parity by far more than the tolerance ---------
+
+def mutations(native):
+    math = native.native_math
+
+    def wrong_block_index(monkeypatch):
+        original = math.processor_index
+        monkeypatch.setattr(math, "processor_index", lambda kind, index, doubles: 3 - original(kind, index, doubles))
+
+    def dropped_subject_norm_scale(monkeypatch, adapter):
+        for processor in adapter.adapter.processors:       # the query's RMS norm without its learned scale
+            norm = processor.norm_ip_q
+            monkeypatch.setattr(norm, "forward", lambda x, norm=norm: x / (x.norm(2, dim=-1, keepdim=True)
+                                                                           * norm.dim ** -0.5 + norm.eps))
+
+    def dropped_block_norm_scale(monkeypatch):
+        monkeypatch.setattr(native, "raw_query_from_normed", lambda normed, scale: normed)
+
+    def projector_fed_the_sigma(monkeypatch):
+        monkeypatch.setattr(math, "projector_timestep", lambda sigmas: sigmas.float())
+
+    return {"wrong_block_index": wrong_block_index, "dropped_subject_norm_scale": dropped_subject_norm_scale,
+            "dropped_block_norm_scale": dropped_block_norm_scale, "projector_fed_the_sigma": projector_fed_the_sigma}
+
+
+MUTATIONS = ["wrong_block_index", "dropped_subject_norm_scale", "dropped_block_norm_scale", "projector_fed_the_sigma"]
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS)
+@pytest.mark.parametrize("mechanism", mechanisms())
+def test_a_mutated_patch_breaks_parity(comfy, native, pipe, comfy_flux, adapter, inputs, monkeypatch, mechanism,
+                                       mutation, record_property):
+    if mutation == "dropped_block_norm_scale" and mechanism == "block_replacement":
+        pytest.skip("the block replacement reads the raw query: no block norm scale to divide out")
+    sigma = SIGMAS[1]
+    reference = pipeline_denoised(pipe, inputs, sigma, WEIGHT)
+    mutate = mutations(native)[mutation]
+    mutate(monkeypatch, adapter) if mutation == "dropped_subject_norm_scale" else mutate(monkeypatch)
+    patched, _ = applied(native, comfy_flux, adapter, inputs, mechanism=mechanism)
+    difference = (comfy_denoised(comfy, patched, inputs, sigma) - reference).abs().max().item()
+    record_property("max_difference", difference)
+    print(f"\n{mechanism} {mutation}: |native - pipeline| = {difference:.3g} (tolerance {tolerance(reference):.3g})")
+    assert difference > 100 * tolerance(reference)
+
+
+# ---- (d) batches ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mechanism", mechanisms())
+def test_cond_and_uncond_in_one_call_equal_two_single_calls(comfy, native, pipe, comfy_flux, adapter, inputs,
+                                                            mechanism):
+    """CFG > 1: ComfyUI batches cond and uncond into one model call; the branch applies to both, as in
+    the reference's true CFG. Each half equals the pipeline's call with that text, and the single calls."""
+    sigma = SIGMAS[1]
+    patched, _ = applied(native, comfy_flux, adapter, inputs, mechanism=mechanism)
+    calls = []
+    comfy_denoised(comfy, patched, inputs, sigma, cfg=2.5, calls=calls)
+    assert [(shape[0], sorted(order)) for shape, order, _ in calls] == [(2, [0, 1])]
+    (_, order, output), = calls
+    halves = dict(zip(order, inputs.pack(output).chunk(2)))
+    cond = comfy_denoised(comfy, patched, inputs, sigma)
+    uncond = comfy_denoised(comfy, patched, inputs, sigma,
+                            positive=comfy_conditioning(inputs.negative_embeds, inputs.negative_pooled))
+    assert (halves[0] - cond).abs().max() < tolerance(cond)
+    assert (halves[1] - uncond).abs().max() < tolerance(uncond)
+    reference = pipeline_denoised(pipe, inputs, sigma, WEIGHT, embeds=inputs.negative_embeds,
+                                  pooled=inputs.negative_pooled)
+    assert (halves[1] - reference).abs().max() < tolerance(reference)
+
+
+@pytest.mark.parametrize("mechanism", mechanisms())
+def test_a_latent_batch_of_two_equals_two_single_calls(comfy, native, pipe, comfy_flux, adapter, inputs, mechanism):
+    sigma = SIGMAS[1]
+    patched, _ = applied(native, comfy_flux, adapter, inputs, mechanism=mechanism)
+    batch = comfy_denoised(comfy, patched, inputs, sigma, latents=inputs.latents)
+    for index in range(2):
+        single = comfy_denoised(comfy, patched, inputs, sigma, latents=inputs.latents[index:index + 1])
+        assert (batch[index:index + 1] - single).abs().max() < tolerance(single)
+    reference = pipeline_denoised(pipe, inputs, sigma, WEIGHT, latents=inputs.latents)
+    assert (batch - reference).abs().max() < tolerance(reference)
