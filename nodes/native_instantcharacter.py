@@ -23,11 +23,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from comfy_api.latest import io
 
 from ..pipelines.local.instantcharacter import native as native_math
 from ..pipelines.local.instantcharacter.adapter import ReferenceFeatures, SubjectAdapter
-from ..pipelines.local.instantcharacter.native import SubjectBranch, raw_query_from_normed
-from .model_management import PipelineWeights
+from ..pipelines.local.instantcharacter.native import raw_query_from_normed
+from . import model_files as files
+from .common import CATEGORY_LOCAL, node_id
+from .model_management import ComfyModelManagement, PipelineWeights
 
 ATTENTION_PATCHES = "attention_patches"
 BLOCK_REPLACEMENT = "block_replacement"
@@ -77,7 +80,7 @@ def load_adapter(path, dtype: torch.dtype | None, load_device: torch.device, off
 class SubjectPatchState:
     """What every patch object of one Apply shares."""
 
-    branch: SubjectBranch
+    branch: native_math.SubjectBranch
     diffusion_model: Any             # the FLUX module the patched MODEL runs (its blocks' norms are read)
     adapter_patcher: Any
 
@@ -392,10 +395,10 @@ def existing_patches(model) -> tuple[bool, list]:
 
 def apply_instantcharacter(model, adapter: LoadedAdapter, features: ReferenceFeatures, weight: float,
                            start_percent: float = 0.0, end_percent: float = 1.0, mechanism: str = "auto"):
-    """→ (a clone of `model` with the subject branch, the mechanism used); the given MODEL is left as it was. A second Apply on
-    a MODEL that already has one is refused (the reference defines one subject). `mechanism`: "auto"
-    (attention patches where this ComfyUI's FLUX honours them, else block replacement) or one of
-    MECHANISMS (tests force the block replacement on a ComfyUI that has both)."""
+    """→ (a clone of `model` with the subject branch, the mechanism used); the given MODEL is left as
+    it was. A second Apply on a MODEL that already has one is refused (the reference defines one
+    subject). `mechanism`: "auto" (attention patches where this ComfyUI's FLUX honours them, else
+    block replacement) or one of MECHANISMS (tests force the block replacement where both exist)."""
     diffusion_model = flux_diffusion_model(model)
     check_adapter_fits(adapter.adapter, diffusion_model)
     already, others = existing_patches(model)
@@ -411,7 +414,7 @@ def apply_instantcharacter(model, adapter: LoadedAdapter, features: ReferenceFea
     if mechanism not in MECHANISMS:
         raise ValueError(f"mechanism must be 'auto' or one of {MECHANISMS}, not {mechanism!r}")
     sampling = model.get_model_object("model_sampling")
-    branch = SubjectBranch(adapter.adapter, features, weight, len(diffusion_model.double_blocks),
+    branch = native_math.SubjectBranch(adapter.adapter, features, weight, len(diffusion_model.double_blocks),
                            sigma_start=float(sampling.percent_to_sigma(start_percent)),
                            sigma_end=float(sampling.percent_to_sigma(end_percent)))
     state = SubjectPatchState(branch, diffusion_model, adapter.patcher)
@@ -433,3 +436,159 @@ def apply_instantcharacter(model, adapter: LoadedAdapter, features: ReferenceFea
                 patched.set_model_patch_replace(BlockReplacement(state, block_type, index), "dit",
                                                 f"{block_type}_block", index)
     return patched, mechanism
+
+
+
+# ---- the nodes ------------------------------------------------------------------------------------------
+
+AdapterSocket = io.Custom("CHARID_INSTANTCHARACTER_ADAPTER")
+EncodersSocket = io.Custom("CHARID_INSTANTCHARACTER_ENCODERS")
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+
+
+class InstantCharacterEncoderWeights(PipelineWeights):
+    """SigLIP + DINOv2 as one model to ComfyUI while they encode a reference."""
+
+
+@dataclass
+class LoadedEncoders:
+    """The image encoders' output: SigLIP + DINOv2 with their processors, kept on the CPU between uses
+    (they run once per reference image and leave the GPU afterwards); features cached per image."""
+
+    encoders: Any                    # pipelines.local.instantcharacter.pipeline.ImageEncoders
+    dtype: torch.dtype
+    host: Any = None                 # ComfyModelManagement: ComfyUI makes room before they move in
+    cache: Any = None
+
+    def __post_init__(self):
+        from ..pipelines.local.caching import LRU
+
+        self.cache = LRU(4)
+
+    def features(self, image, device: torch.device) -> ReferenceFeatures:
+        """The reference features of a PIL image (encoded once per image content and dtype)."""
+        from ..pipelines.local.caching import image_key
+        from ..pipelines.local.instantcharacter.features import reference_features
+        from ..pipelines.local.memory import Placement
+
+        def make():
+            encoders = self.encoders
+            with Placement(device, offload=True, host=self.host).on_device(encoders.siglip, encoders.dinov2):
+                features = reference_features(image, encoders.siglip, encoders.siglip_processor, encoders.dinov2,
+                                              encoders.dinov2_processor, device, self.dtype)
+            return features.to(torch.device("cpu"), self.dtype)
+        return self.cache.fetch((image_key(image), self.dtype), make)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    from .local import resolve_dtype as local_resolve_dtype
+
+    return local_resolve_dtype(name, device)
+
+
+class LoadInstantCharacterAdapter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("LoadInstantCharacterAdapter"), display_name="Load InstantCharacter Adapter (native)",
+            category=CATEGORY_LOCAL,
+            description="The InstantCharacter adapter (models/instantcharacter) for Apply InstantCharacter. ComfyUI "
+                        "loads its weights with the MODEL it is applied to and frees them with 'Unload models'.",
+            inputs=[
+                io.Combo.Input("adapter", options=files.adapter_options(),
+                               tooltip="instantcharacter_ip-adapter.bin (models/instantcharacter)"),
+                io.Combo.Input("dtype", options=list(DTYPES), default="auto",
+                               tooltip="auto: bf16 on GPUs that support it, fp32 on the CPU."),
+            ],
+            outputs=[AdapterSocket.Output(display_name="adapter")],
+        )
+
+    @classmethod
+    def execute(cls, adapter, dtype) -> io.NodeOutput:
+        import comfy.model_management as mm
+
+        from ..pipelines.local.instantcharacter.loading import adapter_problem
+        from ..pipelines.local.weights import ModelFileError
+
+        path = files.listed_file("adapter", adapter, (files.INSTANTCHARACTER_FOLDER,), tuple(files.ADAPTER_EXTENSIONS))
+        if problem := adapter_problem(path):
+            raise ModelFileError(f"adapter: {problem}")
+        device = mm.get_torch_device()
+        return io.NodeOutput(load_adapter(path, resolve_dtype(dtype, device), device, mm.unet_offload_device(), adapter))
+
+
+class LoadInstantCharacterEncoders(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("LoadInstantCharacterEncoders"), display_name="Load InstantCharacter Image Encoders",
+            category=CATEGORY_LOCAL,
+            description="SigLIP-so400m-384 and DINOv2-giant (Hugging Face folders in models/clip_vision) for Apply "
+                        "InstantCharacter. They encode each reference once and leave the GPU afterwards.",
+            inputs=[
+                io.Combo.Input("siglip", options=files.image_encoder_options(),
+                               tooltip="Hugging Face folder of google/siglip-so400m-patch14-384 in models/clip_vision"),
+                io.Combo.Input("dinov2", options=files.image_encoder_options(),
+                               tooltip="Hugging Face folder of facebook/dinov2-giant in models/clip_vision"),
+                io.Combo.Input("dtype", options=list(DTYPES), default="auto",
+                               tooltip="auto: bf16 on GPUs that support it, fp32 on the CPU."),
+            ],
+            outputs=[EncodersSocket.Output(display_name="image_encoders")],
+        )
+
+    @classmethod
+    def execute(cls, siglip, dinov2, dtype) -> io.NodeOutput:
+        import comfy.model_management as mm
+
+        from ..pipelines.local.instantcharacter.loading import load_image_encoders
+        from .local import _image_encoder_problem
+
+        folders = {}
+        for name, value in (("siglip", siglip), ("dinov2", dinov2)):
+            folders[name] = files.listed_folder(name, value, "clip_vision", files.image_encoder_options())
+            if problems := _image_encoder_problem(name, value, folders[name]):
+                raise ValueError("\n".join(problems))
+        torch_dtype = resolve_dtype(dtype, mm.get_torch_device())
+        encoders = load_image_encoders(folders["siglip"], folders["dinov2"], torch_dtype)
+        return io.NodeOutput(LoadedEncoders(encoders, torch_dtype, ComfyModelManagement(InstantCharacterEncoderWeights)))
+
+
+class ApplyInstantCharacter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("ApplyInstantCharacter"), display_name="Apply InstantCharacter (native)",
+            category=CATEGORY_LOCAL,
+            description="Patches your FLUX.1 MODEL (any loader, LoRAs, fp8/GGUF) with InstantCharacter's subject "
+                        "branch for KSampler / SamplerCustomAdvanced. Apply once per MODEL.",
+            inputs=[
+                io.Model.Input("model", tooltip="A FLUX.1 model (UNETLoader, CheckpointLoaderSimple, a GGUF loader)."),
+                AdapterSocket.Input("adapter", tooltip="From Load InstantCharacter Adapter (native)."),
+                EncodersSocket.Input("image_encoders", tooltip="From Load InstantCharacter Image Encoders."),
+                io.Image.Input("reference", tooltip="The character: one image."),
+                io.Float.Input("weight", default=0.9, min=0.0, max=2.0, step=0.01,
+                               tooltip="Subject scale: how strongly the character is imposed (0 = the model as it was)."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="From this point of the schedule (read with the MODEL's sampling as it is here)."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Until this point of the schedule."),
+            ],
+            outputs=[io.Model.Output(display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, model, adapter, image_encoders, reference, weight, start_percent, end_percent) -> io.NodeOutput:
+        import logging
+
+        import comfy.model_management as mm
+
+        from .generator_inputs import single_image
+
+        check_adapter_fits(adapter.adapter, flux_diffusion_model(model))      # before any encoding
+        features = image_encoders.features(single_image(reference, "reference"), mm.get_torch_device())
+        patched, mechanism = apply_instantcharacter(model, adapter, features, weight, start_percent, end_percent)
+        logging.getLogger("character_identity").info("InstantCharacter applied to the MODEL through %s", mechanism)
+        return io.NodeOutput(patched)
+
+
+NATIVE_INSTANTCHARACTER_NODES = [LoadInstantCharacterAdapter, LoadInstantCharacterEncoders, ApplyInstantCharacter]

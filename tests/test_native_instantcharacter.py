@@ -23,7 +23,7 @@ import torch
 
 import instantcharacter_fidelity as cases
 import instantcharacter_models as tiny
-from comfyui_server import REPO_ROOT, comfyui_dir
+from comfyui_server import PACK_NAME, REPO_ROOT, comfyui_dir
 
 HEIGHT, WIDTH = 48, 64
 PROMPT = "a girl is playing a guitar in the street"
@@ -372,3 +372,171 @@ def test_a_latent_batch_of_two_equals_two_single_calls(comfy, native, pipe, comf
         assert (batch[index:index + 1] - single).abs().max() < tolerance(single)
     reference = pipeline_denoised(pipe, inputs, sigma, WEIGHT, latents=inputs.latents)
     assert (batch - reference).abs().max() < tolerance(reference)
+
+
+# ---- the nodes inside ComfyUI's own validation and execution (a separate Python) -----------------------
+
+ENGINE = r"""
+import asyncio, json, os, sys, tempfile
+comfy_root, pack_root, pack_name, base, out = sys.argv[1:6]
+sys.path.insert(0, comfy_root)
+os.chdir(comfy_root)
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+comfy.cli_args.args.base_directory = base
+import utils.extra_config
+import server
+import nodes, execution
+import torch
+import comfy.model_detection, comfy.model_patcher, comfy.utils, folder_paths
+
+class TinyFlux:
+    # UNETLoader for the tiny FLUX file: ComfyUI's detection with the tiny model's 2 heads (it assumes 24)
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"unet_name": (folder_paths.get_filename_list("diffusion_models"),)}}
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+    CATEGORY = "test"
+    def load(self, unet_name):
+        state = comfy.utils.load_torch_file(folder_paths.get_full_path("diffusion_models", unet_name))
+        config = comfy.model_detection.detect_unet_config(state, "")
+        config.update(num_heads=2, out_channels=config["in_channels"])
+        model_config = comfy.model_detection.model_config_from_unet_config(config, state)
+        model_config.set_inference_dtype(torch.float32, None)
+        model = model_config.get_model(state, "")
+        model.load_model_weights(state, "")
+        model.latent_format.latent_channels = config["in_channels"]     # 4: KSampler sizes empty latents by it
+        cpu = torch.device("cpu")
+        return (comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu),)
+
+class TinyConditioning:
+    # FLUX conditioning at the tiny text width (DualCLIPLoader always builds the full-size T5)
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0})}}
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "make"
+    CATEGORY = "test"
+    def make(self, seed):
+        generator = torch.Generator().manual_seed(seed)
+        return ([[torch.randn(1, 16, 32, generator=generator),
+                  {"pooled_output": torch.randn(1, 64, generator=generator), "guidance": 3.5}]],)
+
+class KeepLatent:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",), "name": ("STRING", {"default": "x"})}}
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "keep"
+    CATEGORY = "test"
+    def keep(self, samples, name):
+        torch.save(samples["samples"], os.path.join(out, name + ".pt"))
+        return {}
+
+class Server:
+    client_id = None
+    last_node_id = None
+    sockets_metadata = {}
+    def __init__(self):
+        self.events = []
+    def send_sync(self, event, data, sid=None):
+        self.events.append([event, data])
+    def send_progress_text(self, text, node, sid=None):
+        pass
+
+folder = tempfile.mkdtemp()
+os.symlink(pack_root, os.path.join(folder, pack_name))
+asyncio.run(nodes.load_custom_node(os.path.join(folder, pack_name)))
+nodes.NODE_CLASS_MAPPINGS.update(TestTinyFlux=TinyFlux, TestTinyConditioning=TinyConditioning, TestKeepLatent=KeepLatent)
+import comfy.model_management as mm
+
+reports = []
+executor = None
+for case in json.loads(sys.stdin.read()):
+    valid = asyncio.run(execution.validate_prompt("prompt", case["prompt"], None))
+    report = {"valid": valid[0], "node_errors": valid[3]}
+    if valid[0]:
+        stub = server.PromptServer.instance = Server()
+        executor = executor or execution.PromptExecutor(stub, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+        executor.server = stub
+        executor.execute(case["prompt"], "prompt", {"client_id": "test"}, valid[2])
+        report["errors"] = [data.get("exception_message") for event, data in stub.events if event == "execution_error"]
+        report["executed"] = [data["node"] for event, data in stub.events if event == "executing" and data.get("node")]
+        report["cached"] = [node for event, data in stub.events if event == "execution_cached" for node in data["nodes"]]
+        report["loaded"] = sorted(type(m.model.model).__name__ for m in mm.current_loaded_models)
+    reports.append(report)
+print("REPORT " + json.dumps(reports, default=str))
+"""
+
+
+def native_prompt(names: dict, weight: float, seed: int, keep: str, apply: bool = True) -> dict:
+    prompt = {
+        "1": {"class_type": "TestTinyFlux", "inputs": {"unet_name": names["flux_file"]}},
+        "2": {"class_type": "CharIDLoadInstantCharacterAdapter", "inputs": {"adapter": names["adapter"], "dtype": "fp32"}},
+        "3": {"class_type": "CharIDLoadInstantCharacterEncoders",
+              "inputs": {"siglip": names["siglip"], "dinov2": names["dinov2"], "dtype": "fp32"}},
+        "4": {"class_type": "LoadImage", "inputs": {"image": "reference.png"}},
+        "5": {"class_type": "CharIDApplyInstantCharacter",
+              "inputs": {"model": ["1", 0], "adapter": ["2", 0], "image_encoders": ["3", 0], "reference": ["4", 0],
+                         "weight": weight, "start_percent": 0.0, "end_percent": 1.0}},
+        "6": {"class_type": "TestTinyConditioning", "inputs": {"seed": 1}},
+        "7": {"class_type": "EmptyLatentImage", "inputs": {"width": WIDTH, "height": HEIGHT, "batch_size": 1}},
+        "8": {"class_type": "KSampler",
+              "inputs": {"model": ["5" if apply else "1", 0], "positive": ["6", 0], "negative": ["6", 0],
+                         "latent_image": ["7", 0], "seed": seed, "steps": 2, "cfg": 1.0, "sampler_name": "euler",
+                         "scheduler": "simple", "denoise": 1.0}},
+        "9": {"class_type": "TestKeepLatent", "inputs": {"samples": ["8", 0], "name": keep}},
+    }
+    return prompt
+
+
+@pytest.fixture(scope="module")
+def engine_run(files, tmp_path_factory):
+    """The three nodes with ComfyUI's KSampler, run by ComfyUI's executor on the tiny files in the
+    real model folders (one executor, so its cache works as when a user queues again)."""
+    import json
+    import subprocess
+
+    base = tmp_path_factory.mktemp("native-base")
+    out = tmp_path_factory.mktemp("native-out")
+    names = tiny.install_into_models(files, base / "models")
+    (base / "input").mkdir()
+    cases.reference_image().save(base / "input" / "reference.png")
+    runs = [native_prompt(names, WEIGHT, 5, "subject"),
+            native_prompt(names, WEIGHT, 6, "subject_new_seed"),
+            native_prompt(names, 0.0, 5, "weight_zero"),
+            native_prompt(names, WEIGHT, 5, "plain", apply=False)]
+    refused = native_prompt(names, WEIGHT, 5, "refused")
+    refused["10"] = {"class_type": "CharIDApplyInstantCharacter", "inputs": {**refused["5"]["inputs"], "model": ["5", 0]}}
+    refused["8"]["inputs"]["model"] = ["10", 0]
+    runs.append(refused)
+    result = subprocess.run([str(comfyui_dir() / "venv" / "bin" / "python"), "-c", ENGINE, str(comfyui_dir() / "ComfyUI"),
+                             str(REPO_ROOT), PACK_NAME, str(base), str(out)],
+                            input=json.dumps([{"prompt": p} for p in runs]), capture_output=True, text=True, timeout=600)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
+    assert result.returncode == 0 and lines, result.stderr[-4000:]
+    reports = json.loads(lines[-1][len("REPORT "):])
+    latents = {path.stem: torch.load(path) for path in out.glob("*.pt")}
+    return reports, latents
+
+
+def test_the_nodes_run_in_comfyui_with_its_ksampler(engine_run):
+    reports, latents = engine_run
+    for report in reports[:4]:
+        assert report["valid"] and not report["errors"], report
+    subject, plain = latents["subject"], latents["plain"]
+    assert subject.shape == plain.shape == (1, 4, HEIGHT // 8, WIDTH // 8)
+    assert (subject - plain).abs().max() > 0.01                   # the character changes the image
+    assert torch.equal(latents["weight_zero"], plain)             # weight 0: the MODEL as it was
+    # a new seed re-runs the sampler only: the reference is not encoded again, the MODEL not patched again
+    assert {"3", "5"} <= set(reports[1]["cached"]) and "5" not in reports[1]["executed"]
+    assert (latents["subject_new_seed"] - subject).abs().max() > 0.01
+    assert "InstantCharacterAdapterWeights" in reports[0]["loaded"]     # loaded with the MODEL by the sampler
+
+
+def test_a_second_apply_on_the_same_model_is_refused_in_comfyui(engine_run):
+    reports, latents = engine_run
+    assert any("already has InstantCharacter applied" in (error or "") for error in reports[4]["errors"]), reports[4]
+    assert "refused" not in latents
