@@ -58,6 +58,19 @@ class LoadedAdapter:
     name: str = ""
 
 
+def use_comfy_cast_ops(module: torch.nn.Module) -> None:
+    """Short of VRAM, ComfyUI loads a model in part and leaves the rest of its weights on the offload
+    device; only its own cast ops compute with weights left there (they bring each to the input's
+    device and dtype when used). The adapter's plain Linear and LayerNorm layers become those ops:
+    same parameters, same math. (Its RMS norms and resampler latents move themselves.)"""
+    import comfy.ops
+
+    swaps = {torch.nn.Linear: comfy.ops.manual_cast.Linear, torch.nn.LayerNorm: comfy.ops.manual_cast.LayerNorm}
+    for layer in module.modules():
+        if type(layer) in swaps:
+            layer.__class__ = swaps[type(layer)]
+
+
 class InstantCharacterAdapterWeights(PipelineWeights):
     """The adapter's modules as one model to ComfyUI (its log says "Requested to load" this name)."""
 
@@ -72,6 +85,7 @@ def load_adapter(path, dtype: torch.dtype | None, load_device: torch.device, off
 
     adapter = build_adapter(read_state(path, "InstantCharacter adapter"), dtype)
     holder = InstantCharacterAdapterWeights([adapter.projector, adapter.processors])
+    use_comfy_cast_ops(holder)
     patcher = comfy.model_patcher.ModelPatcher(holder, load_device=load_device, offload_device=offload_device)
     return LoadedAdapter(adapter, patcher, name)
 

@@ -53,7 +53,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rms = x.norm(2, dim=-1, keepdim=True) * self.dim ** -0.5
-        return self.scale * (x / (rms + self.eps))
+        # .to: a host may leave small weights off the compute device (ComfyUI under low VRAM)
+        return self.scale.to(x.device) * (x / (rms + self.eps))
 
 
 class FeatureMLP(nn.Module):
@@ -119,7 +120,7 @@ class TimeResampler(nn.Module):
     def forward(self, features: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         timestep = timestep.reshape(-1).to(features.device).expand(features.shape[0])
         time_embedding = self.time_embedding(self.time_proj(timestep).to(features.dtype))
-        latents = self.latents.repeat(features.shape[0], 1, 1)
+        latents = self.latents.to(features.device).repeat(features.shape[0], 1, 1)
         features = self.proj_in(features) + time_embedding[:, None]
         for layer in self.layers:
             latents = layer(features, latents, time_embedding)
