@@ -355,6 +355,8 @@ def test_cond_and_uncond_in_one_call_equal_two_single_calls(comfy, native, pipe,
     cond = comfy_denoised(comfy, patched, inputs, sigma)
     uncond = comfy_denoised(comfy, patched, inputs, sigma,
                             positive=comfy_conditioning(inputs.negative_embeds, inputs.negative_pooled))
+    print(f"\n{mechanism} cond+uncond batch: {(halves[0] - cond).abs().max():.3g} / {(halves[1] - uncond).abs().max():.3g} "
+          "from the single calls")
     assert (halves[0] - cond).abs().max() < tolerance(cond)
     assert (halves[1] - uncond).abs().max() < tolerance(uncond)
     reference = pipeline_denoised(pipe, inputs, sigma, WEIGHT, embeds=inputs.negative_embeds,
@@ -371,6 +373,7 @@ def test_a_latent_batch_of_two_equals_two_single_calls(comfy, native, pipe, comf
         single = comfy_denoised(comfy, patched, inputs, sigma, latents=inputs.latents[index:index + 1])
         assert (batch[index:index + 1] - single).abs().max() < tolerance(single)
     reference = pipeline_denoised(pipe, inputs, sigma, WEIGHT, latents=inputs.latents)
+    print(f"\n{mechanism} latent batch of 2: |native - pipeline| = {(batch - reference).abs().max():.3g}")
     assert (batch - reference).abs().max() < tolerance(reference)
 
 
