@@ -302,7 +302,7 @@ def attention_patches_honoured(diffusion_model) -> bool:
     patches need: a miniature of the model's own class (its parameters, sizes shrunk) runs once with
     recording patches; both patches must be called in every block, before RoPE (pe still to apply),
     with the image slice, and with one extra_options dict per block call."""
-    import comfy.ops
+    import types
 
     real = diffusion_model.params
     axes = [2] * len(real.axes_dim)                  # RoPE axes as many as the real model's, 2 wide each
@@ -310,7 +310,10 @@ def attention_patches_honoured(diffusion_model) -> bool:
                                  axes_dim=axes, in_channels=1, out_channels=1, context_in_dim=4,
                                  vec_in_dim=4 if real.vec_in_dim is not None else None)
     try:
-        miniature = type(diffusion_model)(dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init,
+        # plain torch layers: ComfyUI's own ops may defer creating weights until a state dict loads
+        operations = types.SimpleNamespace(Linear=torch.nn.Linear, LayerNorm=torch.nn.LayerNorm,
+                                           RMSNorm=torch.nn.RMSNorm, Conv2d=torch.nn.Conv2d, Embedding=torch.nn.Embedding)
+        miniature = type(diffusion_model)(dtype=torch.float32, device="cpu", operations=operations,
                                           **dataclasses.asdict(params))
     except Exception as exc:                 # a signature this code does not know: say so, guess nothing
         raise NativeInstantCharacterError(
