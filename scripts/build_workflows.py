@@ -15,6 +15,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+try:
+    import tomllib
+except ModuleNotFoundError:                  # Python 3.10: the same parser pip carries
+    from pip._vendor import tomli as tomllib
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT / "tests")]
 
@@ -26,6 +31,39 @@ REFERENCE = "character_identity_example.png"
 POSE = REFERENCE
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
+
+# What ComfyUI-Manager's workflow-metadata extension writes into every node it knows the pack of (the
+# frontend itself only reads these): the registry id, pyproject's [project] name in lower case, and the
+# pack's version padded to three parts. Manager offers to install a missing pack by this id.
+PACK_PROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+PACK_METADATA = {"cnr_id": PACK_PROJECT["name"].strip().lower(),
+                 "ver": ".".join((PACK_PROJECT["version"].split(".") + ["0", "0"])[:3])}
+
+# Where each single-file model the workflows name comes from (the publishers docs/local-models.md names):
+# a loader carries these as properties.models, as ComfyUI's own templates do, and the frontend lists a
+# missing one with its folder and link (frontend 1.32 offers a download only for .safetensors/.sft, 1.49
+# also .ckpt/.pth/.pt: the .bin adapters are listed without one). Folders (SigLIP, DINOv2, the
+# IdentityNet's ControlNetModel/, antelopev2) are no single download and carry nothing.
+HUGGING_FACE = "https://huggingface.co"
+MODEL_SOURCES = {
+    "flux1-dev.safetensors": ("diffusion_models", f"{HUGGING_FACE}/black-forest-labs/FLUX.1-dev/resolve/main/flux1-dev.safetensors"),
+    "ae.safetensors": ("vae", f"{HUGGING_FACE}/black-forest-labs/FLUX.1-dev/resolve/main/ae.safetensors"),
+    "clip_l.safetensors": ("text_encoders", f"{HUGGING_FACE}/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors"),
+    "t5xxl_fp16.safetensors": ("text_encoders",
+                               f"{HUGGING_FACE}/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors"),
+    "instantcharacter_ip-adapter.bin": (
+        "instantcharacter", f"{HUGGING_FACE}/Tencent/InstantCharacter/resolve/main/instantcharacter_ip-adapter.bin"),
+    "sd_xl_base_1.0.safetensors": (
+        "checkpoints", f"{HUGGING_FACE}/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors"),
+    "ip-adapter.bin": ("instantid", f"{HUGGING_FACE}/InstantX/InstantID/resolve/main/ip-adapter.bin"),
+}
+
+
+def model_metadata(widgets: dict) -> list[dict]:
+    """properties.models of a node: each of its widget values that is a file in MODEL_SOURCES."""
+    return [{"name": value, "url": MODEL_SOURCES[value][1], "directory": MODEL_SOURCES[value][0]}
+            for value in widgets.values() if isinstance(value, str) and value in MODEL_SOURCES]
+
 
 SCENE = "the person reading a map in a snowy mountain village, warm evening light"
 # the local loaders' files, by the names the real files have
@@ -273,16 +311,23 @@ WORKFLOWS = {
     ),
 }
 
-BUILD_JS = """([nodes, links, note]) => {
+BUILD_JS = """([nodes, links, note, pack, coreVersion]) => {
   const LG = window.LiteGraph, graph = window.app.graph;
   graph.clear();
   window.app.canvas.ds.scale = 1;           // the saved view: as a fresh canvas has it
   window.app.canvas.ds.offset = [0, 0];
   const made = {};
-  for (const [key, [type, pos, widgets]] of Object.entries(nodes)) {
+  for (const [key, [type, pos, widgets, models]] of Object.entries(nodes)) {
     const node = LG.createNode(type);
     if (!node) throw new Error("unknown node type " + type);
     node.pos = pos;
+    // as ComfyUI-Manager's workflow metadata does: the pack's nodes by its registry id, ComfyUI's own
+    // (nodes, comfy_extras) as comfy-core with the ComfyUI version; frontend-only nodes (Note) get none
+    const module = node.constructor.nodeData?.python_module?.split(".") ?? [];
+    if (module[0] === "custom_nodes") Object.assign(node.properties, pack);
+    else if (["nodes", "comfy_extras"].includes(module[0]))
+      Object.assign(node.properties, {cnr_id: "comfy-core", ver: coreVersion});
+    if (models.length) node.properties.models = models;
     graph.add(node);
     for (const [name, value] of Object.entries(widgets)) {
       const widget = node.widgets.find(w => w.name === name);
@@ -365,8 +410,10 @@ def main() -> int:
             page.wait_for_function("() => window.app?.graph && window.app.extensions?.some("
                                    "e => e.name === 'CharacterIdentity.ui')", timeout=90_000)
             (REPO_ROOT / "workflows" / "api").mkdir(exist_ok=True)
+            core_version = server.get_json("/system_stats")["system"]["comfyui_version"]
             for name, (nodes, links, note) in WORKFLOWS.items():
-                workflow = json.loads(page.evaluate(BUILD_JS, [nodes, links, note]))
+                specs = {key: [*spec, model_metadata(spec[2])] for key, spec in nodes.items()}
+                workflow = json.loads(page.evaluate(BUILD_JS, [specs, links, note, PACK_METADATA, core_version]))
                 path = REPO_ROOT / "workflows" / f"{name}.json"
                 path.write_text(json.dumps(workflow, indent=2) + "\n")
                 # the API-format twin, converted by the frontend itself from the file just written

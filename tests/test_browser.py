@@ -11,6 +11,11 @@ import re
 import shutil
 from pathlib import Path
 
+try:
+    import tomllib
+except ModuleNotFoundError:          # Python 3.10: the same parser pip carries
+    from pip._vendor import tomli as tomllib
+
 import pytest
 from PIL import Image
 
@@ -276,6 +281,48 @@ def test_a_workflow_holds_no_key_no_path_and_no_file_of_a_user(name):
                 if re.search(r"(?i)key|secret|token|password", field)], "a field for a secret"
     images = {node["inputs"]["image"] for node in prompt.values() if node["class_type"] == "LoadImage"}
     assert images <= README_INPUTS
+
+
+# Where the workflows' single-file models come from (the publishers docs/local-models.md names), by file
+MODEL_REPOSITORIES = {
+    "flux1-dev.safetensors": "black-forest-labs/FLUX.1-dev", "ae.safetensors": "black-forest-labs/FLUX.1-dev",
+    "clip_l.safetensors": "comfyanonymous/flux_text_encoders",
+    "t5xxl_fp16.safetensors": "comfyanonymous/flux_text_encoders",
+    "instantcharacter_ip-adapter.bin": "Tencent/InstantCharacter",
+    "sd_xl_base_1.0.safetensors": "stabilityai/stable-diffusion-xl-base-1.0", "ip-adapter.bin": "InstantX/InstantID",
+}
+# the files each local workflow's loaders name, by ComfyUI model folder (folders such as SigLIP, DINOv2,
+# the IdentityNet and antelopev2 are no single download: no metadata, and the frontend lists no folder)
+MISSING_MODELS = {
+    "local_instantcharacter": sorted([
+        ("diffusion_models", "flux1-dev.safetensors"), ("vae", "ae.safetensors"),
+        ("text_encoders", "clip_l.safetensors"), ("text_encoders", "t5xxl_fp16.safetensors"),
+        ("instantcharacter", "instantcharacter_ip-adapter.bin")]),
+    "local_instantid": sorted([("checkpoints", "sd_xl_base_1.0.safetensors"), ("instantid", "ip-adapter.bin")]),
+}
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_a_workflow_names_the_pack_and_where_each_model_file_comes_from(name):
+    """What ComfyUI-Manager writes into a saved workflow (it offers a missing pack by its registry id:
+    pyproject's name, the version in three parts; ComfyUI's own nodes as comfy-core), and what ComfyUI's
+    own templates carry (the frontend lists a missing file with its folder and link)."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    version = ".".join((project["version"].split(".") + ["0", "0"])[:3])
+    nodes = json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text())["nodes"]
+    for node in nodes:
+        expected = (project["name"], version) if node["type"].startswith("CharID") else ("comfy-core", None)
+        if node["type"] != "Note":                              # frontend-only: no pack at all
+            assert node["properties"]["cnr_id"] == expected[0] and node["properties"]["ver"] == (
+                expected[1] or node["properties"]["ver"]), node["type"]
+    models = [model for node in nodes for model in node["properties"].get("models", [])]
+    for model in models:
+        assert model["url"] == f"https://huggingface.co/{MODEL_REPOSITORIES[model['name']]}/resolve/main/{model['name']}"
+    loaders = {node["type"] for node in nodes}
+    expected_files = [file for workflow, loader in [("local_instantcharacter", "CharIDInstantCharacterLoader"),
+                                                    ("local_instantid", "CharIDInstantIDLoader")]
+                      if loader in loaders for file in MISSING_MODELS[workflow]]
+    assert sorted((model["directory"], model["name"]) for model in models) == sorted(expected_files)
 
 
 def test_the_workflows_are_in_the_template_browser_with_their_pictures(comfyui):
@@ -601,7 +648,7 @@ def test_badges_survive_collapse_resize_and_clone(page):
     assert page.pack_errors == []
 
 
-def click_in_dialog(page, text: str, tag: str = "*") -> None:
+def click_in_dialog(page, text: str, tag: str = "*", timeout: float = 30_000) -> None:
     """Click the dialog's element showing `text`, from the page: frontend 1.49 (ComfyUI 0.33's) keeps
     re-rendering the template dialog's entries, so none is "stable" long enough for Playwright's click."""
     page.wait_for_function("""([text, tag]) => {
@@ -609,18 +656,27 @@ def click_in_dialog(page, text: str, tag: str = "*") -> None:
             (e) => e.childElementCount === 0 && e.textContent.trim() === text);
         entry?.click();
         return Boolean(entry);
-    }""", arg=[text, tag], timeout=30_000)
+    }""", arg=[text, tag], timeout=timeout)
 
 
 def open_from_template_browser(page, name: str) -> None:
     """As a user does: Browse Templates → the pack's entry → the workflow's card."""
-    # the last template's dialog may still be closing: frontend 1.49 then reuses it (same dialog key) and it vanishes
-    page.wait_for_function("() => !document.querySelector('[role=dialog]')", timeout=15_000)
-    page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
-    # in the dialog: Nodes 2.0 also shows the pack's name as a badge on its nodes behind it
-    click_in_dialog(page, PACK_NAME)
-    page.evaluate("() => app.graph.clear()")                  # so the wait below sees the new graph arrive
-    click_in_dialog(page, name, "h3")
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(3):
+        # Frontend 1.49 closes "the template dialog" by its key once the last template has fully loaded,
+        # a moment after its nodes are on the canvas: a dialog opened right then closes under the test.
+        page.wait_for_function("() => !document.querySelector('[role=dialog]')", timeout=15_000)
+        page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+        try:
+            # in the dialog: Nodes 2.0 also shows the pack's name as a badge on its nodes behind it
+            click_in_dialog(page, PACK_NAME, timeout=10_000)
+            page.evaluate("() => app.graph.clear()")          # so the wait below sees the new graph arrive
+            click_in_dialog(page, name, "h3", timeout=10_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
     expected = sorted(node["type"] for node in json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text())["nodes"])
     page.wait_for_function("(types) => JSON.stringify(app.graph._nodes.map((n) => n.type).sort()) === "
                            "JSON.stringify(types)", arg=expected, timeout=15_000)
@@ -674,3 +730,80 @@ def test_a_cloud_workflow_queued_from_the_page_shows_its_image_on_the_canvas(pag
     seen = page.evaluate("() => window.__statusSeen")
     assert not any(TEST_KEYS["FAL_KEY"] in text for text in seen)
     assert page.pack_errors == []
+
+
+# The missing model files the frontend shows after a workflow loaded, as (directory, name, link): frontend
+# 1.32's "Missing Models" dialog ("directory / name", the download link as its title), or, from 1.40 on,
+# the Missing Models group of the errors panel (name, folder below it, and a Copy URL button that copies
+# the file's page: /blob/ where the download link has /resolve/). None until either is there.
+MISSING_MODELS_SHOWN_JS = """async (read) => {
+  const dialog = [...document.querySelectorAll("[role=dialog]")].find((d) => d.innerText.includes("Missing Models"));
+  if (dialog && !read) return [];
+  if (dialog)
+    return [...dialog.querySelectorAll("span[title]")].filter((s) => s.textContent.includes(" / ")).map(
+      (s) => [...s.textContent.split(" / ").map((t) => t.trim()), s.title]);
+  const group = document.querySelector("[data-testid=error-group-missing-model]");
+  if (!group) {
+    [...document.querySelectorAll("button")].find((b) => b.textContent.trim() === "View details")?.click();
+    return null;
+  }
+  if (!read) return [];
+  const copied = [];
+  navigator.clipboard.writeText = async (text) => { copied.push(text); };
+  const shown = [];
+  // a file's name: a button with the name as its title (a plain span without metadata, folder "Unknown")
+  const entries = [...group.querySelectorAll("[title]:not([aria-label])")];
+  for (const entry of entries.filter((named) => named.title === named.textContent.trim())) {
+    const copy = entry.parentElement.querySelector("[aria-label='Copy URL']");
+    copied.length = 0;
+    copy?.click();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    shown.push([entry.parentElement.nextElementSibling?.textContent.trim() ?? "", entry.title, copied[0] ?? ""]);
+  }
+  return shown;
+}"""
+
+
+@pytest.fixture(scope="module")
+def page_without_models(comfyui, page, tmp_path_factory, emulator_servers):
+    """The same frontend on a ComfyUI with no model files at all, as someone who was sent a workflow has it."""
+    from conftest import start_comfyui
+
+    server = start_comfyui(tmp_path_factory.mktemp("comfyui-no-models"), emulator_servers, comfyui.extra_args)
+    try:
+        assert server.post_json("/settings", {"Comfy.TutorialCompleted": True,
+                                              "Comfy.VueNodes.Enabled": vue_nodes(comfyui)})[0] == 200
+        other = page.context.browser.new_page(viewport={"width": 1400, "height": 900})
+        other.frontend = page.frontend
+        other.goto(server.url + "/")
+        other.wait_for_function(PACK_READY, timeout=90_000)
+        yield other
+        other.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("name", ["local_instantcharacter", "local_instantid"])
+def test_a_local_workflow_opened_without_its_files_lists_each_with_its_folder_and_link(page_without_models, name):
+    """The frontend's own missing-models warning (on by default in both: Comfy.Workflow.ShowMissingModelsWarning,
+    Comfy.RightSidePanel.ShowErrorsTab) names every single-file model with where it goes and where to get it."""
+    page = page_without_models
+    # start from a workflow with no model files: no warning left over from the last test (a dialog that
+    # is still closing would be reused and vanish, an errors panel would show the last workflow's files)
+    page.keyboard.press("Escape")
+    page.wait_for_function("() => !document.querySelector('[role=dialog]')", timeout=15_000)
+    open_workflow = "async (wf) => { await app.loadGraphData(wf); }"
+    page.evaluate(open_workflow, json.loads((REPO_ROOT / "workflows" / "prepare_character_reference.json").read_text()))
+    page.wait_for_function("() => !document.querySelector('[role=dialog], [data-testid=error-group-missing-model]')",
+                           timeout=15_000)
+    page.evaluate(open_workflow, json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text()))
+    for _ in range(100):                        # the check is asynchronous; the warning comes when it is done
+        if page.evaluate(MISSING_MODELS_SHOWN_JS, False) is not None:
+            break
+        page.wait_for_timeout(200)
+    screenshot(page, f"browser-missing-models-{name}.png")
+    shown = page.evaluate(MISSING_MODELS_SHOWN_JS, True)
+    assert shown is not None, "no missing-models warning"
+    assert sorted((directory, file, link.replace("/blob/", "/resolve/")) for directory, file, link in shown) == [
+        (directory, file, f"https://huggingface.co/{MODEL_REPOSITORIES[file]}/resolve/main/{file}")
+        for directory, file in MISSING_MODELS[name]]
