@@ -190,3 +190,37 @@ def test_a_cancel_one_node_consumed_still_reaches_the_node_waiting_for_the_devic
     assert report["holder_saw_cancel"] and report["flag"]
     assert report["outcome"] == "InstantID (local): cancelled while waiting for the CPU"
     assert not report["work_ran"]
+
+
+DYNAMIC_SCRIPT = IMPORT_HOST + r"""
+import inspect, json
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+import comfy.model_management as mm
+import torch
+
+module = importlib.import_module("charid.nodes.model_management")
+host = module.ComfyModelManagement(module.InstantCharacterWeights)
+device = mm.get_torch_device()
+host.keep_resident([torch.nn.Linear(4, 4)], device)
+host.keep_resident([torch.nn.Linear(4, 8)], device)
+ours = lambda: [m for m in mm.current_loaded_models if m.model in host.patchers.values()]
+dynamic_aware = "for_dynamic" in inspect.signature(mm.free_memory).parameters
+report = {"loaded": len(ours()), "dynamic_aware": dynamic_aware,
+          "dynamic": [bool(getattr(p, "is_dynamic", lambda: False)()) for p in host.patchers.values()]}
+# the room ComfyUI makes before loading its own models: with dynamic VRAM (0.33 on a GPU) it passes
+# for_dynamic=True, which leaves other dynamic models to be paged on demand and unloads the rest
+mm.free_memory(1e30, device, **({"for_dynamic": True} if dynamic_aware else {}))
+report["after_dynamic_free"] = len(ours())
+print("REPORT " + json.dumps(report))
+"""
+
+
+def test_comfyuis_dynamic_vram_loads_still_unload_the_pack_models():
+    """ComfyUI 0.33 pages its own models in and out on demand ("dynamic VRAM", ModelPatcherDynamic on
+    GPUs) and, making room for one, never unloads another dynamic model. The pack's parts are ordinary
+    ModelPatchers (plain torch layers, not ComfyUI's cast ops, which dynamic loading needs): ComfyUI
+    counts them as loaded models and unloads them whole when its own models need the room."""
+    report = run_host_script(DYNAMIC_SCRIPT)
+    assert report["loaded"] == 2 and report["dynamic"] == [False, False]
+    assert report["after_dynamic_free"] == 0
