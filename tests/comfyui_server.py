@@ -146,6 +146,18 @@ class ComfyUIServer:
     def run(self, prompt: dict, timeout: float = 300) -> dict:
         return self.wait(self.queue_prompt(prompt), timeout)
 
+    def unload_models(self, last_prompt: dict) -> None:
+        """"Unload models" as the button does (POST /free), then `last_prompt` again — the prompt that just
+        ran, so every node is cached and nothing executes. ComfyUI's prompt worker applies the flag when it
+        next wakes: before that rerun, or right after it and before taking another prompt. So whatever is
+        queued next runs on unloaded models however slow the machine (a fixed sleep is a race: a flag set
+        while the worker finishes a prompt waits for its next wake-up), and ComfyUI's cache is what a user's
+        would be (a different prompt in between would drop the cached loaders)."""
+        status, body = self.post_json("/free", {"unload_models": True})
+        assert status == 200, body
+        entry = self.run(last_prompt)
+        assert entry["status"]["status_str"] == "success", entry["status"]
+
     def upload_image(self, data: bytes, name: str) -> str:
         """POST /upload/image (multipart), as the LoadImage widget does; returns the stored name."""
         boundary = uuid.uuid4().hex

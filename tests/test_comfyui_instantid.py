@@ -267,12 +267,12 @@ def test_comfyui_manages_a_resident_instantid_and_unload_models_frees_it(comfyui
     before = comfyui.log_text().count(request)
     first = comfyui.run(graph(comfyui, portrait, {"2": local_node(seed=21)}, loader))
     assert comfyui.log_text().count(request) == before + 4
-    comfyui.run(graph(comfyui, portrait, {"2": local_node(seed=22)}, loader))
+    second = graph(comfyui, portrait, {"2": local_node(seed=22)}, loader)
+    comfyui.run(second)
     assert comfyui.log_text().count(request) == before + 4          # still loaded: none placed again
     assert "model management did not take" not in comfyui.log_text()    # managed, not the fallback
 
-    assert comfyui.post_json("/free", {"unload_models": True})[0] == 200
-    time.sleep(1.5)             # the idle prompt worker wakes on the flag and unloads before the next prompt
+    comfyui.unload_models(last_prompt=second)
     again = comfyui.run(graph(comfyui, portrait, {"2": local_node(seed=21, prompt="a man in a garden ")}, loader))
     # unloaded; a new prompt text (the face's tokens cached) needs the text encoders, UNet and VAE back
     assert comfyui.log_text().count(request) == before + 7

@@ -270,12 +270,12 @@ def test_comfyui_manages_a_resident_pipeline_and_unload_models_frees_it(comfyui,
     first = comfyui.run(graph(comfyui, reference_name, {"2": local_node(seed=11)}, loader))
     assert first["status"]["status_str"] == "success"
     assert comfyui.log_text().count(request) == before + 4          # its four phases placed
-    comfyui.run(graph(comfyui, reference_name, {"2": local_node(seed=12)}, loader))
+    second = graph(comfyui, reference_name, {"2": local_node(seed=12)}, loader)
+    comfyui.run(second)
     assert comfyui.log_text().count(request) == before + 4          # still loaded: none placed again
     assert "model management did not take" not in comfyui.log_text()    # managed, not the fallback
 
-    assert comfyui.post_json("/free", {"unload_models": True})[0] == 200
-    time.sleep(1.5)             # the idle prompt worker wakes on the flag and unloads before the next prompt
+    comfyui.unload_models(last_prompt=second)
     after_free = comfyui.run(graph(comfyui, reference_name, {"2": local_node(seed=13)}, loader))
     # unloaded; a new seed (prompt and reference cached) needs the denoiser and the VAE back
     assert comfyui.log_text().count(request) == before + 6
