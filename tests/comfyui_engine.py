@@ -11,6 +11,31 @@ import sys
 
 from comfyui_server import PACK_NAME, REPO_ROOT, comfyui_dir
 
+# Script text shared by the tests that run ComfyUI's executor in a subprocess (after `import server,
+# nodes` with comfy_root, pack_root and pack_name set): a stand-in for the PromptServer that records what
+# the engine would send to the browser, and the pack loaded as ComfyUI loads a custom node (with the
+# comfy_extras nodes the tests' prompts use).
+ENGINE_SERVER_AND_PACK = r"""
+class Server:
+    client_id = None
+    last_node_id = None
+    sockets_metadata = {}
+    def __init__(self):
+        self.events = []
+    def send_sync(self, event, data, sid=None):
+        self.events.append([event, data])
+    def send_progress_text(self, text, node, sid=None):
+        self.events.append(["progress_text", {"node": node, "text": text}])
+
+folder = tempfile.mkdtemp()
+os.symlink(pack_root, os.path.join(folder, pack_name))
+async def load():
+    for extra in ("nodes_primitive.py", "nodes_preview_any.py"):
+        assert await nodes.load_custom_node(os.path.join(comfy_root, "comfy_extras", extra), module_parent="comfy_extras")
+    assert await nodes.load_custom_node(os.path.join(folder, pack_name))
+asyncio.run(load())
+"""
+
 SCRIPT = r"""
 import asyncio, collections, copy, json, os, sys, tempfile
 comfy_root, pack_root, pack_name = sys.argv[1:4]
@@ -34,24 +59,7 @@ def free_memory(device=None, torch_free_too=False):
 mm.get_torch_device = lambda: torch.device("cuda", 0)        # the fake GPU
 mm.get_free_memory = free_memory
 
-class Server:
-    client_id = None
-    last_node_id = None
-    sockets_metadata = {}
-    def __init__(self):
-        self.events = []
-    def send_sync(self, event, data, sid=None):
-        self.events.append([event, data])
-    def send_progress_text(self, text, node, sid=None):
-        self.events.append(["progress_text", {"node": node, "text": text}])
-
-folder = tempfile.mkdtemp()
-os.symlink(pack_root, os.path.join(folder, pack_name))
-async def load():
-    for extra in ("nodes_primitive.py", "nodes_preview_any.py"):
-        assert await nodes.load_custom_node(os.path.join(comfy_root, "comfy_extras", extra), module_parent="comfy_extras")
-    assert await nodes.load_custom_node(os.path.join(folder, pack_name))
-asyncio.run(load())
+""" + ENGINE_SERVER_AND_PACK + r"""
 
 reports = []
 for current in cases:

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import instantcharacter_models as tiny
+from comfyui_engine import ENGINE_SERVER_AND_PACK
 from comfyui_server import PACK_NAME, REPO_ROOT, comfyui_dir
 from pipelines.local import model_kinds as kinds
 from pipelines.local.instantcharacter.loading import FluxFiles, flux_problems
@@ -266,24 +267,7 @@ class AnyName:                       # a node whose output feeds a combo input (
     def run(self, value):
         return (value,)
 
-class Server:
-    client_id = None
-    last_node_id = None
-    sockets_metadata = {}
-    def __init__(self):
-        self.events = []
-    def send_sync(self, event, data, sid=None):
-        self.events.append([event, data])
-    def send_progress_text(self, text, node, sid=None):
-        pass
-
-folder = tempfile.mkdtemp()
-os.symlink(pack_root, os.path.join(folder, pack_name))
-async def load():
-    assert await nodes.load_custom_node(os.path.join(comfy_root, "comfy_extras", "nodes_preview_any.py"),
-                                        module_parent="comfy_extras")
-    assert await nodes.load_custom_node(os.path.join(folder, pack_name))
-asyncio.run(load())
+""" + ENGINE_SERVER_AND_PACK + r"""
 nodes.NODE_CLASS_MAPPINGS["TestAnyName"] = AnyName
 
 reports = []
