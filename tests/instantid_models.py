@@ -77,7 +77,8 @@ def tokenizers():
 def adapter_state(seed: int = 17) -> dict:
     """{"image_proj": resampler, "ip_adapter": {"<index>.to_k_ip.weight", …}} numbered over every
     UNet attention processor, attn1 included, as the official file is."""
-    from pipelines.local.instantid.adapter import FaceAttnProcessor, FaceResampler, ResamplerSize
+    from pipelines.local.adapter_files import ResamplerSize
+    from pipelines.local.instantid.adapter import FaceAttnProcessor, FaceResampler
 
     model = unet()
     size = ResamplerSize(dim=RESAMPLER["dim"], depth=RESAMPLER["depth"], heads=RESAMPLER["dim"] // 64,
@@ -131,8 +132,11 @@ def comfy_unet_config(model) -> dict:
     per_block = model.config.layers_per_block
     transformer_depth = [depth[i] if kind.startswith("CrossAttn") else 0
                          for i, kind in enumerate(model.config.down_block_types) for _ in range(per_block)]
+    # a ControlNet has no up blocks: its key map then holds up-block names nobody looks up
+    up_types = model.config.get("up_block_types") or [kind.replace("Down", "Up")
+                                                       for kind in reversed(model.config.down_block_types)]
     up_depth = [depth[levels - 1 - i] if kind.startswith("CrossAttn") else 0
-                for i, kind in enumerate(model.config.up_block_types) for _ in range(per_block + 1)]
+                for i, kind in enumerate(up_types) for _ in range(per_block + 1)]
     return {"num_res_blocks": [per_block] * levels, "channel_mult": [1] * levels,
             "transformer_depth": transformer_depth, "transformer_depth_output": list(reversed(up_depth)),
             "transformer_depth_middle": depth[-1]}
@@ -216,3 +220,130 @@ def install_into_models(files: TinyInstantID, antelopev2: Path, models: Path) ->
             "identitynet_folder": "InstantID/ControlNetModel (diffusers folder)",
             "identitynet_file": "instantid-tiny.safetensors", "adapter": "ip-adapter-tiny.bin",
             "lcm_lora": "lcm-lora-sdxl-tiny.safetensors", "antelopev2": "models/antelopev2"}
+
+
+# ---- native InstantID: tiny models in shapes ComfyUI's own loaders take faithfully -------------------
+#
+# ComfyUI builds an SDXL-family UNet only for shapes it knows: model_channels 320, 64-wide heads, text
+# width 2048, added condition 2816 (pooled 1280 + six 256-wide size embeddings) and one of its depth
+# patterns. Segmind Vega's ([0, 0, 1, 1, 2, 2] per input block) with 320 channels at every level
+# (channel_mult [1, 1, 1], read from the weights) is a 0.12 B-parameter UNet. The IdentityNet must give
+# residuals of the UNet's widths, so it has the same levels; ComfyUI takes a diffusers-layout ControlNet
+# only when it equals one of its config-table entries (all of them channel_mult [1, 2, 4], so 0.3 B
+# parameters and a UNet of 0.85 B to match), so the tiny IdentityNet ComfyUI loads is written in its
+# original layout (ControlNetLoader reads both; the sizes then come from the weights). The middle block
+# keeps two transformer blocks: the pack's loaders size it from the last level, as diffusers does.
+
+NATIVE_LEVELS = {"block_out_channels": [320, 320, 320], "attention_head_dim": [5, 5, 5],
+                 "transformer_layers_per_block": [1, 1, 2],
+                 "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]}
+NATIVE_UNET = {**NATIVE_LEVELS, "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+               "cross_attention_dim": 2048, "addition_time_embed_dim": 256,
+               "projection_class_embeddings_input_dim": 2816, "sample_size": 16}
+NATIVE_CONTROLNET = {**NATIVE_LEVELS, "cross_attention_dim": 2048, "addition_time_embed_dim": 256,
+                     "projection_class_embeddings_input_dim": 2816,
+                     "conditioning_embedding_out_channels": [16, 32, 96, 256]}      # ComfyUI's fixed hint block
+# full widths (2048 = 768 + 1280 of text, 1280 pooled), two layers each
+NATIVE_CLIP_L = {"hidden_size": 768, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 12,
+                 "projection_dim": 768}
+NATIVE_CLIP_G = {"hidden_size": 1280, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 20,
+                 "projection_dim": 1280}
+NATIVE_RESAMPLER = {"dim": 128, "depth": 2, "num_queries": 16, "embedding_dim": 512}
+
+
+def native_unet():
+    from diffusers import UNet2DConditionModel
+
+    return fill(UNet2DConditionModel(**config("sdxl_unet.json", **NATIVE_UNET)), seed=21)
+
+
+def native_controlnet():
+    from diffusers import ControlNetModel
+
+    return fill(ControlNetModel(**config("identitynet.json", **NATIVE_CONTROLNET)), seed=23)
+
+
+def native_text_encoders():
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    first = fill(CLIPTextModel(CLIPTextConfig(**config("sdxl_text_encoder.json", **NATIVE_CLIP_L))), seed=25)
+    second = fill(CLIPTextModelWithProjection(CLIPTextConfig(**config("sdxl_text_encoder_2.json", **NATIVE_CLIP_G))),
+                  seed=27)
+    return first, second
+
+
+def face_adapter_state(model, resampler: dict, seed: int = 17) -> dict:
+    """The official ip-adapter.bin layout for `model` (a diffusers SDXL UNet): the resampler giving
+    tokens as wide as its text, and to_k_ip / to_v_ip for every attn2, numbered over all of its
+    attention processors (attn1 included) in diffusers' order."""
+    from pipelines.local.adapter_files import ResamplerSize
+    from pipelines.local.instantid.adapter import FaceAttnProcessor, FaceResampler
+
+    width = model.config.cross_attention_dim
+    size = ResamplerSize(dim=resampler["dim"], depth=resampler["depth"], heads=resampler["dim"] // 64,
+                         num_queries=resampler["num_queries"], embedding_dim=resampler["embedding_dim"],
+                         output_dim=width, ff_inner=4 * resampler["dim"])
+    attention = {}
+    for index, name in enumerate(model.attn_processors):
+        if name.endswith("attn2.processor"):
+            hidden = model.get_submodule(name[: -len(".processor")]).to_q.out_features
+            processor = fill(FaceAttnProcessor(hidden, width), seed + index)
+            attention.update({f"{index}.{key}": value for key, value in processor.state_dict().items()})
+    return {"image_proj": fill(FaceResampler(size), seed).state_dict(), "ip_adapter": attention}
+
+
+def ldm_controlnet_state(controlnet_model) -> dict:
+    """A diffusers ControlNet's weights in ComfyUI's original ControlNet layout, through ComfyUI's own
+    UNet key map plus the names its diffusers loader gives the zero convolutions and the hint block."""
+    comfy_utils, _ = _comfy_modules()
+    key_map = comfy_utils.unet_to_diffusers(comfy_unet_config(controlnet_model))
+    key_map["controlnet_mid_block.weight"] = "middle_block_out.0.weight"
+    key_map["controlnet_mid_block.bias"] = "middle_block_out.0.bias"
+    state = controlnet_model.state_dict()
+    blocks = len({key.split(".")[2] for key in state if key.startswith("controlnet_cond_embedding.blocks.")})
+    hint = {"conv_in": 0, **{f"blocks.{i}": 2 * (i + 1) for i in range(blocks)}, "conv_out": 2 * (blocks + 1)}
+    for name, index in hint.items():
+        for suffix in ("weight", "bias"):
+            key_map[f"controlnet_cond_embedding.{name}.{suffix}"] = f"input_hint_block.{index}.{suffix}"
+    for key in state:
+        if key.startswith("controlnet_down_blocks."):
+            number, suffix = key.split(".")[1:]
+            key_map[key] = f"zero_convs.{number}.0.{suffix}"
+    unmapped = [key for key in state if key not in key_map]
+    assert not unmapped, unmapped[:5]
+    return {key_map[key]: value.contiguous() for key, value in state.items()}
+
+
+@dataclass
+class NativeInstantID:
+    root: Path
+    checkpoint: Path                # single-file SDXL (UNet, VAE, CLIP-L, CLIP-G in the original layout)
+    unet_file: Path                 # the UNet alone, as models/diffusion_models holds one
+    controlnet_folder: Path         # the IdentityNet in diffusers' layout (the all-in-one pipeline's)
+    controlnet_ldm: Path            # the same weights in ComfyUI's original ControlNet layout
+    adapter: Path                   # ip-adapter.bin
+
+
+def build_native_instantid(root: Path) -> NativeInstantID:
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    model, clip_l, clip_g = native_unet(), *native_text_encoders()
+    full = ldm_checkpoint(model, vae(), clip_l, clip_g)
+    checkpoint = root / "checkpoints" / "sdxl-vega-tiny.safetensors"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    save_file(full, checkpoint)
+    unet_file = root / "diffusion_models" / "sdxl-vega-tiny-unet.safetensors"
+    unet_file.parent.mkdir(parents=True, exist_ok=True)
+    prefix = "model.diffusion_model."
+    save_file({k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}, unet_file)
+    del full
+    identitynet = native_controlnet()
+    controlnet_folder = root / "controlnet" / "instantid-vega-tiny"
+    identitynet.save_pretrained(controlnet_folder)
+    controlnet_ldm = root / "controlnet" / "instantid-vega-tiny-ldm.safetensors"
+    save_file(ldm_controlnet_state(identitynet), controlnet_ldm)
+    adapter = root / "instantid" / "ip-adapter-vega-tiny.bin"
+    adapter.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(face_adapter_state(model, NATIVE_RESAMPLER), adapter)
+    return NativeInstantID(root, checkpoint, unet_file, controlnet_folder, controlnet_ldm, adapter)
