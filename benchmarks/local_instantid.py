@@ -142,7 +142,8 @@ def full_size(args) -> None:
 
     import instantid_fidelity as cases
     from instantcharacter_models import comfy_tokenizer_dirs
-    from pipelines.local.instantid.adapter import (FaceAttnProcessor, FaceResampler, ResamplerSize, build_face_adapter,
+    from pipelines.local.adapter_files import ResamplerSize
+    from pipelines.local.instantid.adapter import (FaceAttnProcessor, FaceResampler, build_face_adapter,
                                                    install_face_adapter)
     from pipelines.local.instantid.conditioning import FaceConditioning
     from pipelines.local.instantid.loading import load_sdxl_tokenizers, shipped_config

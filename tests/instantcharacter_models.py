@@ -127,8 +127,8 @@ def scheduler():
 
 def adapter_state(processors: int | None = None, seed: int = SEED) -> dict:
     """The official layout: {"image_proj": {...}, "ip_adapter": {"<i>.to_k_ip.weight": ...}}."""
-    from pipelines.local.instantcharacter.adapter import (ProjectorSize, ResamplerSize, SubjectAttnProcessor,
-                                                          SubjectProjector)
+    from pipelines.local.adapter_files import ResamplerSize
+    from pipelines.local.instantcharacter.adapter import ProjectorSize, SubjectAttnProcessor, SubjectProjector
 
     size = ProjectorSize(
         feature_dim=PROJECTOR["feature_dim"], cross_attention_dim=PROJECTOR["feature_dim"],

@@ -13,6 +13,7 @@ from PIL import Image
 
 import instantcharacter_fidelity as cases
 import instantcharacter_models as tiny
+from pipelines.local import adapter_files
 from pipelines.local.instantcharacter import adapter as adapter_module
 from pipelines.local.instantcharacter.loading import (FluxFiles, InstantCharacterFiles, ModelFileError, build_pipeline,
                                                       flux_bfl_to_diffusers, flux_config_from_bfl)
@@ -327,7 +328,7 @@ def test_a_missing_extra_or_misshaped_tensor_is_an_error_naming_it(files, tmp_pa
         state = {f"{part}.{k}": v for part in ("image_proj", "ip_adapter") for k, v in state[part].items()} | {
             "extra.weight": torch.zeros(1)}
         message = "unexpected key 'extra.weight'"
-    with pytest.raises(adapter_module.AdapterFormatError, match=message):
+    with pytest.raises(adapter_files.AdapterFormatError, match=message):
         build_pipeline(pipeline_files(files, adapter=_saved(tmp_path, state)))
 
 

@@ -16,7 +16,6 @@ What the reference computes, and this module reproduces:
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -24,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..adapter_files import (ATTENTION, PROJECTOR, ResamplerSize, converted, count_blocks, load_strict, resampler_size,
+                             split_adapter_state, tensor_shape)
 from ..perceiver import PerceiverAttention, feed_forward
 
 # The adapter's attention modules use 64-dimensional heads (the official file: 42 x 64 in the
@@ -32,10 +33,7 @@ FEATURE_HEAD_DIM = 64
 RESAMPLER_HEAD_DIM = 64
 SUBJECT_NORM_EPS = 1e-6
 BLOCK_NORM_EPS = 1e-6
-
-
-class AdapterFormatError(ValueError):
-    """An adapter file that does not have the InstantCharacter layout. The text names the key."""
+ADAPTER = "InstantCharacter adapter"       # how errors name it
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,18 +86,6 @@ class ResamplerLayer(nn.ModuleList):
         for layer in rest:
             out = layer(out)
         return out + latents
-
-
-@dataclass(frozen=True)
-class ResamplerSize:
-    dim: int
-    depth: int
-    heads: int
-    num_queries: int
-    embedding_dim: int
-    output_dim: int
-    ff_inner: int
-    timestep_dim: int
 
 
 class TimeResampler(nn.Module):
@@ -280,63 +266,19 @@ class SubjectAttnProcessor(nn.Module):
 # The weight file
 
 
-def split_adapter_state(state: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
-    """The official .bin ({"image_proj": {...}, "ip_adapter": {...}}) or a flat conversion with
-    `image_proj.` / `ip_adapter.` prefixes → (projector state, attention state)."""
-    if isinstance(state.get("image_proj"), Mapping) and isinstance(state.get("ip_adapter"), Mapping):
-        return dict(state["image_proj"]), dict(state["ip_adapter"])
-    projector, attention, other = {}, {}, []
-    for key, value in state.items():
-        if key.startswith("image_proj."):
-            projector[key[len("image_proj."):]] = value
-        elif key.startswith("ip_adapter."):
-            attention[key[len("ip_adapter."):]] = value
-        else:
-            other.append(key)
-    if not projector or not attention:
-        raise AdapterFormatError(
-            "this is not an InstantCharacter adapter: expected the keys 'image_proj' and 'ip_adapter' "
-            f"(found {', '.join(sorted(state)[:5]) or 'nothing'}{'…' if len(state) > 5 else ''})")
-    if other:
-        raise AdapterFormatError(f"unexpected key {other[0]!r} (an InstantCharacter adapter has only "
-                                 "'image_proj.*' and 'ip_adapter.*')")
-    return projector, attention
-
-
-def _shape(state: Mapping[str, torch.Tensor], key: str, where: str) -> tuple[int, ...]:
-    if key not in state:
-        raise AdapterFormatError(f"missing key {where}.{key}")
-    return tuple(state[key].shape)
-
-
-def _count(state: Mapping[str, torch.Tensor], pattern: str) -> int:
-    indices = {int(match.group(1)) for key in state if (match := re.match(pattern, key))}
-    if indices and indices != set(range(max(indices) + 1)):
-        missing = sorted(set(range(max(indices) + 1)) - indices)[0]
-        raise AdapterFormatError(f"missing block {missing} ({pattern.split('(')[0]}{missing}.*)")
-    return len(indices)
-
-
 def projector_size(state: Mapping[str, torch.Tensor]) -> ProjectorSize:
     """The projector's sizes, read from its weights."""
-    where = "image_proj"
-    mlp_hidden, feature_dim = _shape(state, "proj.fc1.weight", where)
-    to_q = _shape(state, "cross_layer_blocks.0.attn1.to_q.weight", where)[0]
-    latents = _shape(state, "resampler.latents", where)
-    resampler_q = _shape(state, "resampler.layers.0.0.to_q.weight", where)[0]
+    where = PROJECTOR
+    mlp_hidden, feature_dim = tensor_shape(state, "proj.fc1.weight", where)
+    to_q = tensor_shape(state, "cross_layer_blocks.0.attn1.to_q.weight", where)[0]
     return ProjectorSize(
         feature_dim=feature_dim,
-        cross_attention_dim=_shape(state, "cross_layer_blocks.0.attn2.to_k.weight", where)[1],
+        cross_attention_dim=tensor_shape(state, "cross_layer_blocks.0.attn2.to_k.weight", where)[1],
         feature_heads=to_q // FEATURE_HEAD_DIM,
-        feature_layers=_count(state, r"cross_layer_blocks\.(\d+)\."),
-        feature_ff_inner=_shape(state, "cross_layer_blocks.0.ff.net.2.weight", where)[1],
+        feature_layers=count_blocks(state, "cross_layer_blocks.", where),
+        feature_ff_inner=tensor_shape(state, "cross_layer_blocks.0.ff.net.2.weight", where)[1],
         mlp_hidden=mlp_hidden,
-        resampler=ResamplerSize(
-            dim=latents[2], depth=_count(state, r"resampler\.layers\.(\d+)\."), heads=resampler_q // RESAMPLER_HEAD_DIM,
-            num_queries=latents[1], embedding_dim=_shape(state, "resampler.proj_in.weight", where)[1],
-            output_dim=_shape(state, "resampler.proj_out.weight", where)[0],
-            ff_inner=_shape(state, "resampler.layers.0.1.1.weight", where)[0],
-            timestep_dim=_shape(state, "resampler.time_embedding.linear_1.weight", where)[1]),
+        resampler=resampler_size(state, where, RESAMPLER_HEAD_DIM, prefix="resampler.", timestep=True),
     )
 
 
@@ -349,25 +291,10 @@ class AttentionSize:
 
 
 def attention_size(state: Mapping[str, torch.Tensor]) -> AttentionSize:
-    where = "ip_adapter"
-    hidden, subject_dim = _shape(state, "0.to_k_ip.weight", where)
-    return AttentionSize(processors=_count(state, r"(\d+)\."), hidden_size=hidden, subject_dim=subject_dim,
-                         head_dim=_shape(state, "0.norm_ip_q.scale", where)[0])
-
-
-def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
-    """Every parameter present with its exact shape, nothing else; the error names the key."""
-    expected = module.state_dict()
-    for key, tensor in expected.items():
-        if key not in state:
-            raise AdapterFormatError(f"missing key {where}.{key}")
-        if tuple(state[key].shape) != tuple(tensor.shape):
-            raise AdapterFormatError(f"key {where}.{key} has shape {tuple(state[key].shape)}; "
-                                     f"expected {tuple(tensor.shape)}")
-    for key in state:
-        if key not in expected:
-            raise AdapterFormatError(f"unexpected key {where}.{key}")
-    module.load_state_dict(state, strict=True, assign=True)
+    where = ATTENTION
+    hidden, subject_dim = tensor_shape(state, "0.to_k_ip.weight", where)
+    return AttentionSize(processors=count_blocks(state, "", where), hidden_size=hidden, subject_dim=subject_dim,
+                         head_dim=tensor_shape(state, "0.norm_ip_q.scale", where)[0])
 
 
 @dataclass
@@ -378,17 +305,14 @@ class SubjectAdapter:
 
 def build_adapter(state: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None) -> SubjectAdapter:
     """Modules sized from the weights, loaded strictly. `dtype`: convert the weights (default: as stored)."""
-    projector_state, attention_state = split_adapter_state(state)
+    projector_state, attention_state = split_adapter_state(state, ADAPTER)
     size = attention_size(attention_state)
     with torch.device("meta"):
         projector = SubjectProjector(projector_size(projector_state))
         processors = nn.ModuleList([SubjectAttnProcessor(size.hidden_size, size.subject_dim, size.head_dim)
                                     for _ in range(size.processors)])
-    if dtype is not None:
-        projector_state = {k: v.to(dtype) for k, v in projector_state.items()}
-        attention_state = {k: v.to(dtype) for k, v in attention_state.items()}
-    load_strict(projector, projector_state, "image_proj")
-    load_strict(processors, attention_state, "ip_adapter")
+    load_strict(projector, converted(projector_state, dtype), PROJECTOR)
+    load_strict(processors, converted(attention_state, dtype), ATTENTION)
     for module in (projector, processors):
         module.eval().requires_grad_(False)
     return SubjectAdapter(projector, processors)

@@ -8,7 +8,6 @@ run at the same time without seeing each other's mask.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -16,21 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..adapter_files import (ATTENTION, PROJECTOR, AdapterFormatError, ResamplerSize, converted, load_strict,
+                             resampler_size, split_adapter_state, tensor_shape)
 from ..perceiver import PerceiverAttention, feed_forward
-from ..instantcharacter.adapter import AdapterFormatError, load_strict, split_adapter_state
 
 HEAD_DIM = 64
-
-
-@dataclass(frozen=True)
-class ResamplerSize:
-    dim: int
-    depth: int
-    heads: int
-    num_queries: int
-    embedding_dim: int
-    output_dim: int
-    ff_inner: int
+ADAPTER = "InstantID face adapter"         # how errors name it
 
 
 class FaceResampler(nn.Module):
@@ -158,22 +148,6 @@ def region_at(region: torch.Tensor, length: int) -> torch.Tensor:
 # The weight file
 
 
-def _shape(state: Mapping[str, torch.Tensor], key: str, where: str) -> tuple[int, ...]:
-    if key not in state:
-        raise AdapterFormatError(f"missing key {where}.{key}")
-    return tuple(state[key].shape)
-
-
-def resampler_size(state: Mapping[str, torch.Tensor]) -> ResamplerSize:
-    where = "image_proj"
-    latents = _shape(state, "latents", where)
-    depth = len({int(m.group(1)) for key in state if (m := re.match(r"layers\.(\d+)\.", key))})
-    return ResamplerSize(dim=latents[2], depth=depth, heads=_shape(state, "layers.0.0.to_q.weight", where)[0] // HEAD_DIM,
-                         num_queries=latents[1], embedding_dim=_shape(state, "proj_in.weight", where)[1],
-                         output_dim=_shape(state, "proj_out.weight", where)[0],
-                         ff_inner=_shape(state, "layers.0.1.1.weight", where)[0])
-
-
 @dataclass
 class FaceAdapter:
     resampler: FaceResampler
@@ -187,13 +161,11 @@ class FaceAdapter:
 def build_face_adapter(state: Mapping[str, torch.Tensor], unet, dtype: torch.dtype | None = None) -> FaceAdapter:
     """The resampler and one processor per UNet attention, sized from the weights and loaded strictly.
     The file numbers processors in the UNet's order, attn1 included (those hold no weights)."""
-    projector_state, attention_state = split_adapter_state(state)
-    if dtype is not None:
-        projector_state = {k: v.to(dtype) for k, v in projector_state.items()}
-        attention_state = {k: v.to(dtype) for k, v in attention_state.items()}
+    projector_state, attention_state = split_adapter_state(state, ADAPTER)
+    projector_state, attention_state = converted(projector_state, dtype), converted(attention_state, dtype)
     with torch.device("meta"):
-        resampler = FaceResampler(resampler_size(projector_state))
-    load_strict(resampler, projector_state, "image_proj")
+        resampler = FaceResampler(resampler_size(projector_state, PROJECTOR, HEAD_DIM))
+    load_strict(resampler, projector_state, PROJECTOR)
     processors: dict[str, nn.Module] = {}
     layers = nn.ModuleList()
     for index, name in enumerate(unet.attn_processors):
@@ -202,12 +174,12 @@ def build_face_adapter(state: Mapping[str, torch.Tensor], unet, dtype: torch.dty
             layers.append(nn.Identity())             # a placeholder: attn1 holds no adapter weights
         else:
             key = f"{index}.to_k_ip.weight"
-            hidden, cross = _shape(attention_state, key, "ip_adapter")
+            hidden, cross = tensor_shape(attention_state, key, ATTENTION)
             with torch.device("meta"):
                 processor = FaceAttnProcessor(hidden, cross)
             layers.append(processor)
         processors[name] = processor
-    load_strict(layers, attention_state, "ip_adapter")
+    load_strict(layers, attention_state, ATTENTION)
     if resampler.size.output_dim != unet.config.cross_attention_dim:
         raise AdapterFormatError(f"the face tokens are {resampler.size.output_dim} wide; this UNet's cross-attention "
                                  f"takes {unet.config.cross_attention_dim} (is it an SDXL model?)")
