@@ -1,0 +1,300 @@
+"""Native InstantID (nodes/native_instantid.py) against the all-in-one pipeline, call by call, on tiny
+models in shapes ComfyUI loads faithfully (tests/instantid_models.py: a Segmind-Vega-like SDXL UNet
+and its IdentityNet), fp32 on the CPU, in this process with the ComfyUI the tests use (COMFYUI_DIR).
+
+ComfyUI's side is the UNet as CheckpointLoaderSimple loads it from the single file and the
+IdentityNet as ControlNetLoader loads it, called through ComfyUI's sampler machinery (CFGGuider →
+calc_cond_batch → ControlNet.get_control → apply_model) with conditioning in ComfyUI's format. The
+pipeline's side is InstantIDPipeline.generate itself (its UNet + IdentityNet + face adapter, its own
+prompt encoding and face tokens): its first step's denoised latents, read through on_step. Both get
+the same latents (the pipeline's seeded noise × its init_noise_sigma: √(σ₀²+1) for Euler with leading
+spacing, where ComfyUI would scale by σ₀), the same sigma, text embeddings, keypoint image and face.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+import instantid_models as tiny
+from comfyui_server import REPO_ROOT, comfyui_dir
+
+SIZE = 128                       # pixels: a 16×16 latent, three UNet levels
+PROMPT, NEGATIVE = "a photo of a woman, film grain", "blurry, lowres"
+GUIDANCE = 5.0
+IDENTITY, ADAPTER = 0.8, 0.8
+
+
+def tolerance(reference: torch.Tensor) -> float:
+    return 1e-5 * max(1.0, reference.abs().max().item())
+
+
+@pytest.fixture(scope="module")
+def comfy():
+    path = str(comfyui_dir() / "ComfyUI")
+    if path not in sys.path:
+        sys.path.append(path)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    import comfy.controlnet
+    import comfy.model_management
+    import comfy.samplers
+    import comfy.sd
+
+    return comfy
+
+
+@pytest.fixture(scope="module")
+def native(comfy):
+    """nodes/native_instantid.py imported as ComfyUI imports the pack, without nodes/__init__.py."""
+    for name, folder in (("charid_native_test", REPO_ROOT), ("charid_native_test.nodes", REPO_ROOT / "nodes")):
+        if name not in sys.modules:
+            package = types.ModuleType(name)
+            package.__path__ = [str(folder)]
+            sys.modules[name] = package
+    return importlib.import_module("charid_native_test.nodes.native_instantid")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return tiny.build_native_instantid(tmp_path_factory.mktemp("tiny-native-instantid"))
+
+
+@pytest.fixture(scope="module")
+def pipe(files):
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from pipelines.local.instantid.adapter import build_face_adapter
+    from pipelines.local.instantid.pipeline import InstantIDPipeline, SDXLModels
+
+    unet = tiny.native_unet().eval()
+    controlnet = ControlNetModel.from_pretrained(files.controlnet_folder).eval()
+    clip_l, clip_g = tiny.native_text_encoders()
+    assert isinstance(unet, UNet2DConditionModel)
+    adapter = build_face_adapter(torch.load(files.adapter, weights_only=True), unet)
+    models = SDXLModels(unet=unet, controlnet=controlnet, vae=tiny.vae(), text_encoder=clip_l.eval(),
+                        text_encoder_2=clip_g.eval(), tokenizer=tiny.tokenizers()[0],
+                        scheduler_config=dict(tiny.scheduler().config))
+    return InstantIDPipeline(models=models, adapter=adapter, device=torch.device("cpu"), dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def face():
+    from pipelines.local.instantid.conditioning import FaceConditioning
+
+    generator = np.random.default_rng(7)
+    kps = np.array([[44, 52], [84, 52], [64, 72], [48, 94], [80, 94]], np.float32)
+    return FaceConditioning(generator.standard_normal(512).astype(np.float32) * 20, kps, (SIZE, SIZE),
+                            np.array([28, 30, 100, 112], np.float32))
+
+
+@pytest.fixture(scope="module")
+def comfy_unet(comfy, files):
+    model, *_ = comfy.sd.load_checkpoint_guess_config(str(files.checkpoint), output_vae=False, output_clip=False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def comfy_controlnet(comfy, files):
+    return comfy.controlnet.load_controlnet(str(files.controlnet_ldm))
+
+
+@pytest.fixture(scope="module")
+def adapter(native, files):
+    return native.load_adapter(files.adapter, torch.float32, torch.device("cpu"), torch.device("cpu"))
+
+
+# ---- the two sides ---------------------------------------------------------------------------------
+
+class FirstStepTaken(Exception):
+    pass
+
+
+def pipeline_step(pipe, face, steps: int, identity=IDENTITY, adapter_strength=ADAPTER, region=True, seed=3):
+    """(initial latents, sigma, the pipeline's denoised latents after its first step's CFG)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    scheduler = pipe.make_scheduler("euler")
+    scheduler.set_timesteps(steps)
+    sigma = float(scheduler.sigmas[0])
+    latents = randn_tensor((1, 4, SIZE // 8, SIZE // 8), generator=torch.Generator("cpu").manual_seed(seed),
+                           dtype=torch.float32) * scheduler.init_noise_sigma
+    found = []
+
+    def first(info):
+        found.append(info.denoised.clone())
+        raise FirstStepTaken
+
+    with pytest.raises(FirstStepTaken):
+        pipe.generate(face, PROMPT, NEGATIVE, seed=seed, steps=steps, guidance=GUIDANCE, identity_strength=identity,
+                      adapter_strength=adapter_strength, enhance_face_region=region, on_step=first)
+    return latents, sigma, found[0]
+
+
+def comfy_conditioning(pipe):
+    text = pipe.encode_prompt(PROMPT, NEGATIVE)
+    size = {"width": SIZE, "height": SIZE}
+    return ([[text.embeds, {"pooled_output": text.pooled, **size}]],
+            [[text.negative_embeds, {"pooled_output": text.negative_pooled, **size}]])
+
+
+def comfy_denoised(comfy, model, positive, negative, latents, sigma: float, cfg: float = GUIDANCE):
+    """One CFG evaluation through ComfyUI's sampler machinery at (latents, sigma)."""
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    found = {}
+
+    def evaluate_once(model_k, noise, sigmas, extra_args=None, callback=None, disable=None):
+        found["denoised"] = model_k(latents, sigmas[0] * latents.new_ones([1]), **extra_args)
+        return noise
+
+    with torch.inference_mode():
+        guider.sample(torch.zeros_like(latents), torch.zeros_like(latents), comfy.samplers.KSAMPLER(evaluate_once),
+                      torch.tensor([sigma, 0.0]), seed=0)
+    return found["denoised"]
+
+
+def native_denoised(comfy, native, pipe, face, model, controlnet, adapter, latents, sigma, identity=IDENTITY,
+                    adapter_strength=ADAPTER, region=True, **options):
+    positive, negative = comfy_conditioning(pipe)
+    patched, positive, negative = native.apply_instantid(model, positive, negative, adapter, face, controlnet, identity,
+                                                         adapter_strength, enhance_face_region=region, **options)
+    return comfy_denoised(comfy, patched, positive, negative, latents, sigma)
+
+
+# ---- the files ComfyUI loads ------------------------------------------------------------------------
+
+def test_comfyui_loads_the_tiny_files_faithfully(comfy, files, comfy_unet, comfy_controlnet):
+    import comfy.utils
+
+    assert type(comfy_unet.model).__name__ == "SDXL"
+    stored = comfy.utils.load_torch_file(str(files.checkpoint))
+    prefix = "model.diffusion_model."
+    stored = {k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix)}
+    loaded = comfy_unet.model.diffusion_model.state_dict()
+    assert set(loaded) == set(stored) and all(torch.equal(loaded[k], stored[k]) for k in stored)
+    stored = comfy.utils.load_torch_file(str(files.controlnet_ldm))
+    loaded = comfy_controlnet.control_model.state_dict()
+    assert set(loaded) == set(stored) and all(torch.equal(loaded[k], stored[k]) for k in stored)
+
+
+# ---- (a) per-call parity -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("steps", [2, 4])
+@pytest.mark.parametrize("region", [True, False])
+def test_one_call_equals_the_pipeline(comfy, native, pipe, face, comfy_unet, comfy_controlnet, adapter, steps, region,
+                                      record_property):
+    latents, sigma, reference = pipeline_step(pipe, face, steps, region=region)
+    ours = native_denoised(comfy, native, pipe, face, comfy_unet, comfy_controlnet, adapter, latents, sigma,
+                           region=region)
+    positive, negative = comfy_conditioning(pipe)
+    plain = comfy_denoised(comfy, comfy_unet, positive, negative, latents, sigma)
+    difference = (ours - reference).abs().max().item()
+    effect = (plain - reference).abs().max().item()
+    record_property("max_difference", difference)
+    print(f"\nsteps={steps} sigma={sigma:.4f} region={region}: |native - pipeline| = {difference:.3g}, "
+          f"|unpatched - pipeline| = {effect:.3g}, tolerance {tolerance(reference):.3g}")
+    assert difference < tolerance(reference)
+    assert effect > 1000 * tolerance(reference)
+
+
+def test_strengths_zero_are_the_unpatched_model_and_no_controlnet(comfy, native, pipe, face, comfy_unet,
+                                                                  comfy_controlnet, adapter):
+    latents, sigma, reference = pipeline_step(pipe, face, 2, identity=0.0, adapter_strength=0.0)
+    positive, negative = comfy_conditioning(pipe)
+    plain = comfy_denoised(comfy, comfy_unet, positive, negative, latents, sigma)
+    ours = native_denoised(comfy, native, pipe, face, comfy_unet, comfy_controlnet, adapter, latents, sigma,
+                           identity=0.0, adapter_strength=0.0)
+    assert torch.equal(ours, plain)
+    assert (ours - reference).abs().max() < tolerance(reference)
+    patched, new_positive, _ = native.apply_instantid(comfy_unet, positive, negative, adapter, face, comfy_controlnet,
+                                                      0.0, 0.0)
+    assert new_positive is positive and not patched.model_options.get("transformer_options", {}).get("patches_replace")
+
+
+def test_each_strength_alone_matches_the_pipeline(comfy, native, pipe, face, comfy_unet, comfy_controlnet, adapter):
+    for identity, strength in ((IDENTITY, 0.0), (0.0, ADAPTER)):
+        latents, sigma, reference = pipeline_step(pipe, face, 2, identity=identity, adapter_strength=strength)
+        ours = native_denoised(comfy, native, pipe, face, comfy_unet, comfy_controlnet, adapter, latents, sigma,
+                               identity=identity, adapter_strength=strength)
+        assert (ours - reference).abs().max() < tolerance(reference), (identity, strength)
+
+
+def test_outside_the_window_neither_applies(comfy, native, pipe, face, comfy_unet, comfy_controlnet, adapter):
+    latents, sigma, _ = pipeline_step(pipe, face, 2)
+    positive, negative = comfy_conditioning(pipe)
+    plain = comfy_denoised(comfy, comfy_unet, positive, negative, latents, sigma)
+    late = native_denoised(comfy, native, pipe, face, comfy_unet, comfy_controlnet, adapter, latents, sigma,
+                           start_percent=0.9, end_percent=1.0)
+    # neither adds anything; cond and uncond then run as two batches (two ControlNet objects), so
+    # equal up to float summation order, not bit for bit
+    assert (late - plain).abs().max() < tolerance(plain)
+    inside = native_denoised(comfy, native, pipe, face, comfy_unet, comfy_controlnet, adapter, latents, sigma)
+    assert (inside - plain).abs().max() > 1000 * tolerance(plain)
+
+
+def test_apply_leaves_the_given_model_and_conditioning_as_they_were(native, pipe, face, comfy_unet, comfy_controlnet,
+                                                                   adapter):
+    import copy
+
+    positive, negative = comfy_conditioning(pipe)
+    options = copy.deepcopy(comfy_unet.model_options)
+    patched, new_positive, _ = native.apply_instantid(comfy_unet, positive, negative, adapter, face, comfy_controlnet)
+    assert comfy_unet.model_options == options and "control" not in positive[0][1]
+    assert "control" in new_positive[0][1] and new_positive[0][1]["cross_attn_controlnet"].shape[1] == 16
+    with pytest.raises(native.NativeInstantIDError, match="already has InstantID"):
+        native.apply_instantid(patched, positive, negative, adapter, face, comfy_controlnet)
+
+
+def test_a_model_that_is_not_sdxl_is_refused_by_name(native, adapter, face):
+    class Flux:                                     # what a MODEL's .model is for a FLUX checkpoint
+        diffusion_model = torch.nn.Linear(1, 1)
+
+    model = types.SimpleNamespace(model=Flux(), model_options={"transformer_options": {}})
+    with pytest.raises(native.NativeInstantIDError, match="needs an SDXL model; this MODEL is Flux"):
+        native.apply_instantid(model, [], [], adapter, face, None)
+
+
+# ---- (c) mutations ---------------------------------------------------------------------------------------
+
+def mutations(native):
+    math = native.native_math
+
+    def wrong_layer_order(monkeypatch, adapter):
+        # the middle block numbered between the down and up blocks (its place in the UNet, not in diffusers)
+        monkeypatch.setattr(math, "DIFFUSERS_BLOCK_ORDER", ("input", "middle", "output"))
+
+    def dropped_resampler_norm(monkeypatch, adapter):
+        monkeypatch.setattr(adapter.adapter.resampler.norm_out, "forward", lambda x: x)
+
+    def hint_not_passed(monkeypatch, adapter):
+        original = native.with_identitynet
+
+        def without_face_tokens(*args, **kwargs):
+            out = original(*args, **kwargs)
+            for _, options in out:
+                options.pop("cross_attn_controlnet")
+            return out
+        monkeypatch.setattr(native, "with_identitynet", without_face_tokens)
+
+    return {"wrong_layer_order": wrong_layer_order, "dropped_resampler_norm": dropped_resampler_norm,
+            "hint_not_passed": hint_not_passed}
+
+
+@pytest.mark.parametrize("mutation", ["wrong_layer_order", "dropped_resampler_norm", "hint_not_passed"])
+def test_a_mutated_patch_breaks_parity(comfy, native, pipe, face, comfy_unet, comfy_controlnet, files, mutation,
+                                       monkeypatch, record_property):
+    latents, sigma, reference = pipeline_step(pipe, face, 2)
+    fresh = native.load_adapter(files.adapter, torch.float32, torch.device("cpu"), torch.device("cpu"))
+    mutations(native)[mutation](monkeypatch, fresh)
+    ours = native_denoised(comfy, native, pipe, face, comfy_unet, comfy_controlnet, fresh, latents, sigma)
+    difference = (ours - reference).abs().max().item()
+    record_property("mutated_difference", difference)
+    print(f"\n{mutation}: |mutated native - pipeline| = {difference:.3g} (tolerance {tolerance(reference):.3g})")
+    assert difference > 100 * tolerance(reference)
