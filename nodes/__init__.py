@@ -11,6 +11,7 @@ from .instantid import INSTANTID_NODES
 from .local import LOCAL_NODES
 from .model_files import register_folders
 from .native_instantcharacter import NATIVE_INSTANTCHARACTER_NODES
+from .native_instantid import NATIVE_INSTANTID_NODES
 from .reference import PrepareCharacterReference
 from .route import ROUTE_NODES
 from .web_routes import register_routes
@@ -21,4 +22,4 @@ class CharacterIdentityExtension(ComfyExtension):
         register_folders()          # before the schemas list the model folders
         register_routes()
         install_example_reference()  # the example the shipped workflows load, never over a user's file
-        return [PrepareCharacterReference, *CLOUD_NODES, *LOCAL_NODES, *NATIVE_INSTANTCHARACTER_NODES, *INSTANTID_NODES, *FACE_NODES, *ROUTE_NODES, *COMPARE_NODES]
+        return [PrepareCharacterReference, *CLOUD_NODES, *LOCAL_NODES, *NATIVE_INSTANTCHARACTER_NODES, *INSTANTID_NODES, *NATIVE_INSTANTID_NODES, *FACE_NODES, *ROUTE_NODES, *COMPARE_NODES]
