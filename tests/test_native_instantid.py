@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import instantid_models as tiny
+from comfyui_engine import ENGINE_SERVER_AND_PACK
 from comfyui_server import REPO_ROOT, comfyui_dir
 
 SIZE = 128                       # pixels: a 16×16 latent, three UNet levels
@@ -298,3 +299,143 @@ def test_a_mutated_patch_breaks_parity(comfy, native, pipe, face, comfy_unet, co
     record_property("mutated_difference", difference)
     print(f"\n{mutation}: |mutated native - pipeline| = {difference:.3g} (tolerance {tolerance(reference):.3g})")
     assert difference > 100 * tolerance(reference)
+
+
+# ---- (d) through ComfyUI's executor with its KSampler ----------------------------------------------------
+
+ENGINE = r"""
+import asyncio, json, os, sys, tempfile
+comfy_root, pack_root, pack_name, base, out = sys.argv[1:6]
+sys.path.insert(0, comfy_root)
+os.chdir(comfy_root)
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+comfy.cli_args.args.base_directory = base
+import utils.extra_config
+import server
+import nodes, execution
+import numpy as np
+import torch
+import comfy.model_management as mm
+""" + ENGINE_SERVER_AND_PACK + r"""
+# the pack's own class, as ComfyUI imported the pack
+FaceConditioning = next(module for name, module in sys.modules.items()
+                        if name.endswith(".pipelines.local.instantid.conditioning")).FaceConditioning
+
+class TinyConditioning:
+    # what CLIPTextEncode gives for SDXL, at the tiny UNet's widths (its tiny CLIPs are not ComfyUI's)
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0})}}
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "make"
+    CATEGORY = "test"
+    def make(self, seed):
+        generator = torch.Generator().manual_seed(seed)
+        return ([[torch.randn(1, 77, 2048, generator=generator),
+                  {"pooled_output": torch.randn(1, 1280, generator=generator), "width": 128, "height": 128}]],)
+
+class TinyFace:
+    # a precomputed face (embedding, keypoints, box), as the face node's output
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0})}}
+    RETURN_TYPES = ("CHARID_INSTANTID_FACE",)
+    FUNCTION = "make"
+    CATEGORY = "test"
+    def make(self, seed):
+        embedding = np.random.default_rng(seed).standard_normal(512).astype(np.float32) * 20
+        kps = [[44, 52], [84, 52], [64, 72], [48, 94], [80, 94]]
+        return (FaceConditioning(embedding, kps, (128, 128), [28, 30, 100, 112]),)
+
+class KeepLatent:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",), "name": ("STRING", {"default": "x"})}}
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "keep"
+    CATEGORY = "test"
+    def keep(self, samples, name):
+        torch.save(samples["samples"], os.path.join(out, name + ".pt"))
+        return {}
+
+nodes.NODE_CLASS_MAPPINGS.update(TestTinyConditioning=TinyConditioning, TestTinyFace=TinyFace, TestKeepLatent=KeepLatent)
+reports = []
+executor = None
+for case in json.loads(sys.stdin.read()):
+    valid = asyncio.run(execution.validate_prompt("prompt", case, None))
+    report = {"valid": valid[0], "node_errors": valid[3]}
+    if valid[0]:
+        stub = server.PromptServer.instance = Server()
+        executor = executor or execution.PromptExecutor(stub, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+        executor.server = stub
+        executor.execute(case, "prompt", {"client_id": "test"}, valid[2])
+        report["errors"] = [data.get("exception_message") for event, data in stub.events if event == "execution_error"]
+        report["executed"] = [data["node"] for event, data in stub.events if event == "executing" and data.get("node")]
+        report["cached"] = [node for event, data in stub.events if event == "execution_cached" for node in data["nodes"]]
+        report["loaded"] = sorted(type(m.model).__name__ if not hasattr(m.model, "model") else type(m.model.model).__name__
+                                  for m in mm.current_loaded_models)
+    reports.append(report)
+print("REPORT " + json.dumps(reports, default=str))
+"""
+
+
+def native_prompt(seed: int, keep: str, identity=IDENTITY, adapter_strength=ADAPTER, apply=True) -> dict:
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "sdxl-vega-tiny-unet.safetensors",
+                                                      "weight_dtype": "default"}},
+        "2": {"class_type": "CharIDLoadInstantIDAdapter", "inputs": {"adapter": "ip-adapter-vega-tiny.bin", "dtype": "fp32"}},
+        "3": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "instantid-vega-tiny-ldm.safetensors"}},
+        "4": {"class_type": "TestTinyFace", "inputs": {"seed": 7}},
+        "5": {"class_type": "TestTinyConditioning", "inputs": {"seed": 1}},
+        "6": {"class_type": "TestTinyConditioning", "inputs": {"seed": 2}},
+        "7": {"class_type": "CharIDApplyInstantID",
+              "inputs": {"model": ["1", 0], "positive": ["5", 0], "negative": ["6", 0], "adapter": ["2", 0],
+                         "face": ["4", 0], "control_net": ["3", 0], "identity_strength": identity,
+                         "adapter_strength": adapter_strength, "start_percent": 0.0, "end_percent": 1.0,
+                         "enhance_face_region": True}},
+        "8": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
+        "9": {"class_type": "KSampler",
+              "inputs": {"model": ["7", 0] if apply else ["1", 0], "positive": ["7", 1] if apply else ["5", 0],
+                         "negative": ["7", 2] if apply else ["6", 0], "latent_image": ["8", 0], "seed": seed,
+                         "steps": 2, "cfg": GUIDANCE, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "10": {"class_type": "TestKeepLatent", "inputs": {"samples": ["9", 0], "name": keep}},
+    }
+
+
+@pytest.fixture(scope="module")
+def engine_run(files, tmp_path_factory):
+    """The nodes with ComfyUI's UNETLoader, ControlNetLoader and KSampler, run by ComfyUI's executor on
+    the tiny files in the real model folders (one executor: its cache works as when a user queues again)."""
+    import json
+    import subprocess
+
+    from comfyui_server import PACK_NAME
+
+    base = tmp_path_factory.mktemp("native-instantid-base")
+    out = tmp_path_factory.mktemp("native-instantid-out")
+    tiny.copy_into({files.unet_file: base / "models" / "diffusion_models" / files.unet_file.name,
+                    files.controlnet_ldm: base / "models" / "controlnet" / files.controlnet_ldm.name,
+                    files.adapter: base / "models" / "instantid" / files.adapter.name})
+    runs = [native_prompt(5, "face"), native_prompt(6, "face_new_seed"),
+            native_prompt(5, "strengths_zero", identity=0.0, adapter_strength=0.0), native_prompt(5, "plain", apply=False)]
+    result = subprocess.run([str(comfyui_dir() / "venv" / "bin" / "python"), "-c", ENGINE, str(comfyui_dir() / "ComfyUI"),
+                             str(REPO_ROOT), PACK_NAME, str(base), str(out)],
+                            input=json.dumps(runs), capture_output=True, text=True, timeout=900)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
+    assert result.returncode == 0 and lines, result.stderr[-4000:]
+    return json.loads(lines[-1][len("REPORT "):]), {path.stem: torch.load(path) for path in out.glob("*.pt")}
+
+
+def test_the_nodes_run_in_comfyui_with_its_ksampler(engine_run):
+    reports, latents = engine_run
+    for report in reports:
+        assert report["valid"] and not report["errors"], report
+    face, plain = latents["face"], latents["plain"]
+    assert face.shape == plain.shape == (1, 4, SIZE // 8, SIZE // 8)
+    assert (face - plain).abs().max() > 0.01                         # the face changes the image
+    assert torch.equal(latents["strengths_zero"], plain)             # strengths 0: the MODEL and conditioning as they were
+    assert "7" in reports[1]["cached"] and "7" not in reports[1]["executed"]     # a new seed applies nothing again
+    assert (latents["face_new_seed"] - face).abs().max() > 0.01
+    assert "InstantIDAdapterWeights" in reports[0]["loaded"]         # loaded with the MODEL by the sampler
