@@ -14,11 +14,9 @@ from comfy_api.latest import io
 from . import model_files as files
 from .common import CATEGORY_LOCAL, node_id
 from .face_nodes import FaceModelsSocket
-from .generator_inputs import (Defaults, build_request, float_input, generator_schema, single_image,
-                               validate_size_and_prompt)
-from .local import dtype_input, memory_mode_input, resolve_dtype
+from .generator_inputs import Defaults, float_input, generator_schema, single_image
+from .local import LocalGeneratorNode, dtype_input, memory_mode_input, resolve_dtype
 from .model_management import ComfyModelManagement, InstantIDWeights
-from .runtime import generate
 
 PIPELINE_TYPE = "CHARID_INSTANTID"
 NO_LCM = "none"
@@ -152,7 +150,7 @@ class InstantIDLoader(io.ComfyNode):
         return io.NodeOutput(LoadedInstantID(pipeline, memory_mode, sources))
 
 
-class InstantIDLocalNode(io.ComfyNode):
+class InstantIDLocalNode(LocalGeneratorNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         from ..pipelines.local.instantid.backend import LIMITS
@@ -184,24 +182,17 @@ class InstantIDLocalNode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, prompt=None, width=None, height=None) -> bool | str:
-        from ..pipelines.local.instantid.backend import LIMITS
-
-        return validate_size_and_prompt(LIMITS, prompt, width, height)
-
-    @classmethod
-    async def execute(cls, reference, prompt, negative_prompt, width, height, seed, steps, guidance, num_images,
-                      strength, pipeline, style, adapter_strength, enhance_face_region, pose_image=None,
-                      fast_mode=False) -> io.NodeOutput:
+    def backend_type(cls) -> type:
         from ..pipelines.local.instantid.backend import LocalInstantID
 
-        extras = {"style": style, "adapter_strength": adapter_strength, "enhance_face_region": enhance_face_region,
-                  "fast_mode": fast_mode,
-                  "pose_image": single_image(pose_image, "pose_image") if pose_image is not None else None}
-        request = build_request(reference, prompt, negative_prompt, width, height, seed, steps, guidance, num_images,
-                                strength, extras)
-        backend = LocalInstantID(pipeline.pipeline, pipeline.memory_mode)
-        return io.NodeOutput(*await generate(backend, request, cls.hidden.unique_id))
+        return LocalInstantID
+
+    @classmethod
+    def extras(cls, options: dict[str, Any]) -> dict[str, Any]:
+        pose_image = options.get("pose_image")
+        return {"style": options["style"], "adapter_strength": options["adapter_strength"],
+                "enhance_face_region": options["enhance_face_region"], "fast_mode": options.get("fast_mode", False),
+                "pose_image": single_image(pose_image, "pose_image") if pose_image is not None else None}
 
 
 INSTANTID_NODES = [InstantIDLoader, InstantIDLocalNode]

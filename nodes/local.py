@@ -3,18 +3,21 @@ caches, and a generator with the same first ten sockets as the cloud InstantChar
 
 Thin adapters over pipelines.local.instantcharacter: file names → paths through folder_paths,
 ComfyUI's device choice and model management, and the shared runtime for progress, previews and
-Cancel. The loaded pipeline lives in the loader's output (never in a module global).
+Cancel. The loaded pipeline lives in the loader's output (never in a module global). Also what both
+local packs' nodes share: `LocalGeneratorNode` (the InstantCharacter and InstantID generators'
+base, as `CloudGeneratorNode` is the cloud nodes'), the memory-mode and dtype inputs.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from comfy_api.latest import io
 
 from . import model_files as files
 from .common import CATEGORY_LOCAL, node_id
-from .generator_inputs import Defaults, build_request, float_input, generator_schema, validate_size_and_prompt
+from .generator_inputs import (COMMON_INPUTS, Defaults, build_request, float_input, generator_schema,
+                               validate_size_and_prompt)
 from .model_management import ComfyModelManagement, InstantCharacterWeights
 from .runtime import generate
 
@@ -279,7 +282,43 @@ def resolve_dtype(name: str, device, half: str = "bf16"):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
-class InstantCharacterLocalNode(io.ComfyNode):
+class LoadedPipeline(Protocol):
+    """A local loader's output (LoadedInstantCharacter, LoadedInstantID)."""
+
+    pipeline: Any
+    memory_mode: str
+
+
+class LocalGeneratorNode(io.ComfyNode):
+    """The shared part of both local generator nodes: queue-time checks against the backend's limits,
+    and execute = common sockets + this node's extras → the backend over the loader's pipeline →
+    images + info. Each node declares its schema, its backend (imported when first asked: loading the
+    pack imports no heavy library) and how its own widgets become request extras."""
+
+    @classmethod
+    def backend_type(cls) -> type:
+        """The pipelines.local backend class (LIMITS, and built from a pipeline and a memory mode)."""
+        raise NotImplementedError
+
+    @classmethod
+    def extras(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """This node's own widgets → the backend's request extras (default: passed as they are)."""
+        return options
+
+    @classmethod
+    def validate_inputs(cls, prompt=None, width=None, height=None) -> bool | str:
+        return validate_size_and_prompt(cls.backend_type().LIMITS, prompt, width, height)
+
+    @classmethod
+    async def execute(cls, **inputs) -> io.NodeOutput:
+        common = [inputs.pop(name, None) for name in COMMON_INPUTS]
+        loaded: LoadedPipeline = inputs.pop("pipeline")
+        request = build_request(*common, cls.extras(inputs))
+        backend = cls.backend_type()(loaded.pipeline, loaded.memory_mode)
+        return io.NodeOutput(*await generate(backend, request, cls.hidden.unique_id))
+
+
+class InstantCharacterLocalNode(LocalGeneratorNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         from ..pipelines.local.instantcharacter.backend import LIMITS
@@ -306,24 +345,18 @@ class InstantCharacterLocalNode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, prompt=None, width=None, height=None) -> bool | str:
-        from ..pipelines.local.instantcharacter.backend import LIMITS
-
-        return validate_size_and_prompt(LIMITS, prompt, width, height)
-
-    @classmethod
-    async def execute(cls, reference, prompt, negative_prompt, width, height, seed, steps, guidance, num_images,
-                      strength, pipeline, true_cfg_scale, lora=NO_LORA, lora_strength=1.0,
-                      lora_trigger="") -> io.NodeOutput:
+    def backend_type(cls) -> type:
         from ..pipelines.local.instantcharacter.backend import LocalInstantCharacter
 
-        extras = {"true_cfg_scale": true_cfg_scale}
-        if lora != NO_LORA:
-            extras.update(lora=files.find_file(("loras",), lora), lora_strength=lora_strength, lora_trigger=lora_trigger)
-        request = build_request(reference, prompt, negative_prompt, width, height, seed, steps, guidance, num_images,
-                                strength, extras)
-        backend = LocalInstantCharacter(pipeline.pipeline, pipeline.memory_mode)
-        return io.NodeOutput(*await generate(backend, request, cls.hidden.unique_id))
+        return LocalInstantCharacter
+
+    @classmethod
+    def extras(cls, options: dict[str, Any]) -> dict[str, Any]:
+        extras = {"true_cfg_scale": options["true_cfg_scale"]}
+        if (lora := options.get("lora", NO_LORA)) != NO_LORA:
+            extras.update(lora=files.find_file(("loras",), lora), lora_strength=options.get("lora_strength", 1.0),
+                          lora_trigger=options.get("lora_trigger", ""))
+        return extras
 
 
 LOCAL_NODES = [InstantCharacterLoader, InstantCharacterLocalNode]

@@ -1,30 +1,22 @@
-"""Local InstantID behind the shared generation contract, with the Segmind InstantID node's option
-names (style, adapter_strength, enhance_face_region, pose_image), so a workflow swaps backends.
+"""Local InstantID behind the shared generation contract (the worker thread, the device's turn,
+progress, previews and Cancel: ../backend.py), with the Segmind InstantID node's option names
+(style, adapter_strength, enhance_face_region, pose_image), so a workflow swaps backends.
 
-Face analysis, then the heavy work, run in a worker thread: the host's event loop stays free
-(cloud nodes in the same ComfyUI prompt keep polling and downloading while the GPU works). The heavy
-work holds the device's turn (device_queue.py): another local generation waits, saying for whom.
-Face analysis does not wait for it (onnxruntime's small sessions, no weights of the pipeline's
-moved), so a photo without a usable face is refused at once, before any denoising step. Progress
-and a preview estimate are reported after every step, and Cancel is checked there: it lands within
-one step.
+Face analysis runs in a worker thread before the heavy work, and does not wait for the device's
+turn (onnxruntime's small sessions, no weights of the pipeline's moved), so a photo without a
+usable face is refused at once, before any denoising step.
 """
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
+from typing import Callable
 
-import torch
-
-from ...contract import (BackendLimits, Choice, Flag, GenerationBackend, GenerationInterrupted, GenerationRequest,
-                         GenerationResult, ImageInput, NumberRange, RunContext)
-from ..device_queue import run_on_device
-from ..memory import device_queue_of, out_of_memory
+from ...contract import (BackendLimits, Choice, Flag, GenerationInterrupted, GenerationRequest, ImageInput,
+                         NumberRange, RunContext)
+from ..backend import SEED_MAX, LocalBackend, PreparedRun
 from .pipeline import DEFAULTS, InstantIDPipeline, StepInfo
 from .styles import NO_STYLE, STYLES, apply_style
 
-SEED_MAX = 0xFFFFFFFFFFFFFFFF          # torch generators take any 64-bit seed (as ComfyUI's KSampler)
 SIZE_STEP = 8
 
 LIMITS = BackendLimits(
@@ -56,16 +48,10 @@ def output_size(width: int, height: int, canvas: tuple[int, int]) -> tuple[int, 
     return max(SIZE_STEP, round(height * canvas[0] / canvas[1] / SIZE_STEP) * SIZE_STEP), height
 
 
-class LocalInstantID(GenerationBackend):
-    name = LIMITS.backend
-
-    def __init__(self, pipeline: InstantIDPipeline, memory_mode: str = "resident"):
-        self.pipeline = pipeline
-        self.memory_mode = memory_mode
-
-    @property
-    def limits(self) -> BackendLimits:
-        return LIMITS
+class LocalInstantID(LocalBackend):
+    LIMITS = LIMITS
+    COUNTERS = "model_calls"
+    pipeline: InstantIDPipeline
 
     def validate(self, request: GenerationRequest) -> None:
         super().validate(request)
@@ -75,25 +61,18 @@ class LocalInstantID(GenerationBackend):
         if self.pipeline.faces is None:
             raise ValueError(f"{self.name}: this pipeline was loaded without face models")
 
-    async def _run(self, request: GenerationRequest, context: RunContext) -> GenerationResult:
-        started = time.monotonic()
+    async def prepare(self, request: GenerationRequest, context: RunContext,
+                      on_step: Callable[[StepInfo], None]) -> PreparedRun:
         extras = {**DEFAULTS, "style": NO_STYLE, "fast_mode": False,
                   **{k: v for k, v in request.extras.items() if v is not None}}
         pose = request.extras.get("pose_image")
         prompt, negative = apply_style(extras["style"], request.prompt, request.negative_prompt)
-        stop = threading.Event()             # set when the caller is gone (its prompt failed elsewhere)
-
-        def on_step(step: StepInfo) -> None:
-            context.report_progress(step.step, step.total, step.denoised)
-            if context.interrupted() or stop.is_set():
-                raise GenerationInterrupted(f"{self.name}: cancelled at step {step.step}/{step.total}")
 
         context.report_status(f"{self.name}: analysing the face")
         face = await asyncio.to_thread(self.pipeline.face_from_images, request.reference, pose)
         width, height = output_size(request.width, request.height, face.size)
         if context.interrupted():
             raise GenerationInterrupted(f"{self.name}: cancelled before generating")
-        counters_before = dict(vars(self.pipeline.counters))
 
         def generate():
             context.report_status(f"{self.name}: generating {width}x{height}")
@@ -104,19 +83,12 @@ class LocalInstantID(GenerationBackend):
                 enhance_face_region=bool(extras["enhance_face_region"]),
                 scheduler="lcm" if extras["fast_mode"] else "euler", on_step=on_step)
 
-        try:
-            images, device_timings = await run_on_device(device_queue_of(self.pipeline.placement), self.pipeline.device,
-                                                         self.name, context, generate, stop)
-        except torch.OutOfMemoryError:
-            raise out_of_memory(self.name, self.memory_mode) from None
-        counters = {key: value - counters_before[key] for key, value in vars(self.pipeline.counters).items()}
-        details = {"memory_mode": self.memory_mode, "dtype": str(self.pipeline.dtype).removeprefix("torch."),
-                   "device": str(self.pipeline.device), "style": extras["style"],
-                   "identity_strength": request.identity_strength, "adapter_strength": extras["adapter_strength"],
+        details = {"style": extras["style"], "identity_strength": request.identity_strength,
+                   "adapter_strength": extras["adapter_strength"],
                    "enhance_face_region": bool(extras["enhance_face_region"]), "fast_mode": bool(extras["fast_mode"]),
                    "pose_image": pose is not None, "face_box": [round(float(v), 1) for v in face.bbox],
-                   "size": [width, height], "model_calls": counters}
+                   "size": [width, height]}
+        notes = {}
         if request.guidance <= 1 and request.negative_prompt.strip():
-            details["ignored_inputs"] = ["negative_prompt (it takes effect with guidance above 1)"]
-        return GenerationResult(images=images, backend=self.name, seed=request.seed,
-                                timings={"total": time.monotonic() - started, **device_timings}, details=details)
+            notes["ignored_inputs"] = ["negative_prompt (it takes effect with guidance above 1)"]
+        return PreparedRun(generate, details, notes)
