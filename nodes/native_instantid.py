@@ -92,7 +92,12 @@ def cross_attention_layers(diffusion_model) -> list[tuple[str, int, int]]:
 def check_adapter_fits(adapter: native_math.NativeFaceAdapter, diffusion_model) -> list[tuple[str, int, int]]:
     layers = cross_attention_layers(diffusion_model)
     width = adapter.resampler.size.output_dim
-    context = getattr(diffusion_model, "context_dim", None)
+    context = None
+    for block_name, block_id, index in layers[:1]:
+        blocks = {"input": diffusion_model.input_blocks, "output": diffusion_model.output_blocks}
+        block = blocks[block_name][block_id] if block_name in blocks else diffusion_model.middle_block
+        transformer = next(m for m in block if hasattr(m, "transformer_blocks"))
+        context = transformer.transformer_blocks[index].attn2.to_k.in_features
     if len(layers) != len(adapter.processors) or (context is not None and context != width):
         raise NativeInstantIDError(
             f"the InstantID adapter has {len(adapter.processors)} face-attention layers and {width}-wide face tokens; "

@@ -439,3 +439,11 @@ def test_the_nodes_run_in_comfyui_with_its_ksampler(engine_run):
     assert "7" in reports[1]["cached"] and "7" not in reports[1]["executed"]     # a new seed applies nothing again
     assert (latents["face_new_seed"] - face).abs().max() > 0.01
     assert "InstantIDAdapterWeights" in reports[0]["loaded"]         # loaded with the MODEL by the sampler
+
+
+def test_an_adapter_for_another_unet_is_refused_naming_both(native, files, comfy_unet, pipe, face):
+    other = native.load_adapter(files.adapter, torch.float32, torch.device("cpu"), torch.device("cpu"))
+    other.adapter.processors.pop()
+    positive, negative = comfy_conditioning(pipe)
+    with pytest.raises(native.NativeInstantIDError, match="16 face-attention layers .* 17 cross-attention layers"):
+        native.apply_instantid(comfy_unet, positive, negative, other, face, None)

@@ -139,10 +139,11 @@ class FaceBranch:
         resampler = self.adapter.resampler
 
         def make():
+            # computed where the resampler's latents are (a host may hold its weights anywhere), then moved
             face = torch.from_numpy(np.ascontiguousarray(self.face.embedding)).reshape(1, 1, -1)
-            batch = torch.cat([face, torch.zeros_like(face)]).to(device, self.dtype)
+            batch = torch.cat([face, torch.zeros_like(face)]).to(resampler.latents.device, self.dtype)
             with torch.no_grad():
-                return resampler(batch)
+                return resampler(batch).to(device)
         return self.token_cache.fetch((str(device), self.dtype), make)
 
     def region_mask(self, height: int, width: int, device: torch.device) -> torch.Tensor | None:
