@@ -543,3 +543,122 @@ def test_a_second_apply_on_the_same_model_is_refused_in_comfyui(engine_run):
     reports, latents = engine_run
     assert any("already has InstantCharacter applied" in (error or "") for error in reports[4]["errors"]), reports[4]
     assert "refused" not in latents
+
+
+# ---- (e) whole image: ComfyUI's own euler sampler over every step vs the pipeline's generate ----------------
+
+IMAGE_STEPS = 4
+IMAGE_SEED = 7
+IMAGE_TOLERANCE = 1e-4
+
+
+def noise_for_seed(pipe, inputs, seed: int) -> torch.Tensor:
+    """The pipeline's initial latents for `seed` (its prepare_latents on a seeded CPU generator), as
+    ComfyUI's noise: unpacked to [1, C, H/8, W/8]."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    channels = pipe.flux.transformer.config.in_channels // 4
+    packed, _ = pipe.flux.prepare_latents(1, channels, HEIGHT, WIDTH, torch.float32, torch.device("cpu"), generator)
+    return inputs.unpack(packed)
+
+
+def comfy_sampled(comfy, model, inputs, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's euler KSAMPLER over `sigmas` from `noise` (empty latent, CFG 1) through a CFGGuider,
+    as SamplerCustomAdvanced runs it → the latents in the pipeline's space (ComfyUI's latent format
+    undone), packed."""
+    guider = comfy.samplers.CFGGuider(model)
+    conditioning = comfy_conditioning(inputs.embeds, inputs.pooled)
+    guider.set_conds(conditioning, conditioning)
+    guider.set_cfg(1.0)
+    with torch.inference_mode():
+        samples = guider.sample(noise, torch.zeros_like(noise), comfy.samplers.ksampler("euler"), sigmas, seed=0)
+    return inputs.pack(model.model.process_latent_in(samples))
+
+
+def decoded(pipe, packed: torch.Tensor) -> torch.Tensor:
+    """The pipeline's own decode of packed latents → image in 0..1."""
+    flux = pipe.flux
+    with torch.inference_mode():
+        latents = flux._unpack_latents(packed, HEIGHT, WIDTH, flux.vae_scale_factor)
+        latents = latents / flux.vae.config.scaling_factor + flux.vae.config.shift_factor
+        return flux.image_processor.postprocess(flux.vae.decode(latents, return_dict=False)[0], output_type="pt")
+
+
+@pytest.fixture(scope="module")
+def pipeline_image(pipe, inputs):
+    """The all-in-one pipeline's generate: final latents, its sigmas (the scheduler's, with the closing 0)."""
+    latents = pipe.generate(cases.reference_image(), PROMPT, width=WIDTH, height=HEIGHT, seed=IMAGE_SEED,
+                            steps=IMAGE_STEPS, guidance=GUIDANCE, subject_scale=WEIGHT, output="latent")
+    return types.SimpleNamespace(latents=latents, sigmas=pipe.flux.scheduler.sigmas.detach().clone().float())
+
+
+def comfyui_node_module(name: str):
+    """One of ComfyUI's node modules, imported with ComfyUI's own `nodes` module in place for the
+    import (in this process, `nodes` on the path is the pack's folder)."""
+    import importlib.util
+
+    if name in sys.modules:
+        return sys.modules[name]
+    before = sys.modules.get("nodes")
+    spec = importlib.util.spec_from_file_location("nodes", comfyui_dir() / "ComfyUI" / "nodes.py")
+    comfyui_nodes = importlib.util.module_from_spec(spec)
+    sys.modules["nodes"] = comfyui_nodes
+    try:
+        spec.loader.exec_module(comfyui_nodes)
+        return importlib.import_module(name)
+    finally:
+        if before is None:
+            sys.modules.pop("nodes", None)
+        else:
+            sys.modules["nodes"] = before
+
+
+def comfyui_flux_sigmas(comfy, model, shift_at_image_size: bool) -> torch.Tensor:
+    """ComfyUI's FLUX schedule: 'simple' scheduler on the MODEL's sampling, with ModelSamplingFlux at
+    the image size (its defaults max/base shift 1.15/0.5) or as loaded (FLUX's default shift)."""
+    if shift_at_image_size:
+        model = comfyui_node_module("comfy_extras.nodes_model_advanced").ModelSamplingFlux().patch(
+            model, 1.15, 0.5, WIDTH, HEIGHT)[0]
+    return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", IMAGE_STEPS).float()
+
+
+@pytest.mark.parametrize("mechanism", mechanisms())
+def test_the_whole_image_equals_the_pipelines_with_its_sigmas_and_noise(comfy, native, pipe, comfy_flux, adapter,
+                                                                         inputs, pipeline_image, mechanism,
+                                                                         record_property):
+    patched, _ = applied(native, comfy_flux, adapter, inputs, mechanism=mechanism)
+    ours = comfy_sampled(comfy, patched, inputs, noise_for_seed(pipe, inputs, IMAGE_SEED), pipeline_image.sigmas)
+    latent_difference = (ours - pipeline_image.latents).abs().max().item()
+    image_difference = (decoded(pipe, ours) - decoded(pipe, pipeline_image.latents)).abs().max().item()
+    record_property("latent_difference", latent_difference)
+    record_property("image_difference", image_difference)
+    print(f"\n{mechanism} {IMAGE_STEPS} steps, sigmas {[round(s, 4) for s in pipeline_image.sigmas.tolist()]}: "
+          f"|native - pipeline| latents {latent_difference:.3g}, image {image_difference:.3g}")
+    assert latent_difference < IMAGE_TOLERANCE and image_difference < IMAGE_TOLERANCE
+    # a different noise draw is not mistaken for the same image
+    other = comfy_sampled(comfy, patched, inputs, noise_for_seed(pipe, inputs, IMAGE_SEED + 1), pipeline_image.sigmas)
+    other_difference = (other - pipeline_image.latents).abs().max().item()
+    print(f"{mechanism} another noise draw (seed {IMAGE_SEED + 1}): |native - pipeline| latents {other_difference:.3g}")
+    assert other_difference > 1000 * IMAGE_TOLERANCE
+
+
+def test_comfyuis_flux_schedule_at_the_image_size_is_the_pipelines(comfy, native, pipe, comfy_flux, adapter, inputs,
+                                                                   pipeline_image, record_property):
+    """KSampler's way: ModelSamplingFlux at the image size + 'simple' gives the pipeline's sigmas, so the
+    same image; FLUX's default shift (no ModelSamplingFlux) gives other sigmas and differs as they do."""
+    patched, _ = applied(native, comfy_flux, adapter, inputs)
+    noise = noise_for_seed(pipe, inputs, IMAGE_SEED)
+    at_size = comfyui_flux_sigmas(comfy, patched, shift_at_image_size=True)
+    default = comfyui_flux_sigmas(comfy, patched, shift_at_image_size=False)
+    figures = {}
+    for name, sigmas in (("ModelSamplingFlux at the image size", at_size), ("default shift", default)):
+        latents = comfy_sampled(comfy, patched, inputs, noise, sigmas)
+        figures[name] = ((sigmas - pipeline_image.sigmas).abs().max().item(),
+                         (latents - pipeline_image.latents).abs().max().item())
+        record_property(name, figures[name])
+        print(f"\n{name}: sigmas {[round(s, 4) for s in sigmas.tolist()]} (pipeline "
+              f"{[round(s, 4) for s in pipeline_image.sigmas.tolist()]}), max sigma difference {figures[name][0]:.3g}, "
+              f"|native - pipeline| latents {figures[name][1]:.3g}")
+    sigma_gap, latent_gap = figures["ModelSamplingFlux at the image size"]
+    assert sigma_gap < 1e-6 and latent_gap < IMAGE_TOLERANCE
+    sigma_gap, latent_gap = figures["default shift"]
+    assert sigma_gap > 0.01 and latent_gap > 100 * IMAGE_TOLERANCE
