@@ -543,8 +543,10 @@ class LoadInstantCharacterEncoders(io.ComfyNode):
             description="SigLIP-so400m-384 and DINOv2-giant (Hugging Face folders in models/clip_vision) for Apply "
                         "InstantCharacter. They encode each reference once and leave the GPU afterwards.",
             inputs=[
-                io.Combo.Input("siglip", options=files.image_encoder_options(),
-                               tooltip="Hugging Face folder of google/siglip-so400m-patch14-384 in models/clip_vision"),
+                io.Combo.Input("siglip", options=siglip_options(),
+                               tooltip="Hugging Face folder of google/siglip-so400m-patch14-384 in models/clip_vision, "
+                                       "or the single file ComfyUI uses for Redux (sigclip_vision_patch14_384."
+                                       "safetensors): the same features"),
                 io.Combo.Input("dinov2", options=files.image_encoder_options(),
                                tooltip="Hugging Face folder of facebook/dinov2-giant in models/clip_vision"),
                 io.Combo.Input("dtype", options=list(DTYPES), default="auto",
@@ -554,20 +556,65 @@ class LoadInstantCharacterEncoders(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, siglip, dinov2) -> bool:
+        """At queue time: names that could leave the model folders, and a SigLIP file that is there but
+        is not SigLIP-so400m-384 in the layout ComfyUI's CLIPVisionLoader reads (its header, no weights)."""
+        from ..pipelines.local.instantcharacter import siglip_file
+
+        lines = files.check_names({"siglip": siglip, "dinov2": dinov2})
+        if not lines and siglip_file.is_file_choice(siglip) and siglip in siglip_files():
+            if problem := siglip_file.file_problem(files.find_file(("clip_vision",), siglip)):
+                lines.append(f"siglip: {problem}")
+        if lines:
+            raise files.InputProblems(lines)
+        return True
+
+    @classmethod
     def execute(cls, siglip, dinov2, dtype) -> io.NodeOutput:
         import comfy.model_management as mm
 
-        from ..pipelines.local.instantcharacter.loading import load_image_encoders
+        from ..pipelines.local.instantcharacter.siglip_file import EXTENSIONS, is_file_choice
         from .local import _image_encoder_problem
 
-        folders = {}
+        paths = {}
+        if is_file_choice(siglip):
+            paths["siglip"] = files.listed_file("siglip", siglip, ("clip_vision",), EXTENSIONS)
         for name, value in (("siglip", siglip), ("dinov2", dinov2)):
-            folders[name] = files.listed_folder(name, value, "clip_vision", files.image_encoder_options())
-            if problems := _image_encoder_problem(name, value, folders[name]):
+            if name in paths:
+                continue
+            paths[name] = files.listed_folder(name, value, "clip_vision", files.image_encoder_options())
+            if problems := _image_encoder_problem(name, value, paths[name]):
                 raise ValueError("\n".join(problems))
         torch_dtype = resolve_dtype(dtype, mm.get_torch_device())
-        encoders = load_image_encoders(folders["siglip"], folders["dinov2"], torch_dtype)
-        return io.NodeOutput(LoadedEncoders(encoders, torch_dtype, ComfyModelManagement(InstantCharacterEncoderWeights)))
+        return io.NodeOutput(load_encoders(paths["siglip"], paths["dinov2"], torch_dtype,
+                                           ComfyModelManagement(InstantCharacterEncoderWeights)))
+
+
+def siglip_files() -> list[str]:
+    from ..pipelines.local.instantcharacter.siglip_file import EXTENSIONS
+
+    return files.files_of(("clip_vision",), EXTENSIONS)
+
+
+def siglip_options() -> list[str]:
+    """SigLIP folders, and the single files of models/clip_vision (which one is SigLIP is checked at
+    queue time, from its header)."""
+    folders = [name for name in files.image_encoder_options() if name != files.NONE_FOUND]
+    return files.or_none(folders + siglip_files())
+
+
+def load_encoders(siglip, dinov2_folder, dtype: torch.dtype, host=None) -> LoadedEncoders:
+    """SigLIP from its Hugging Face folder or from the single file (Redux's), DINOv2 from its folder."""
+    import os
+
+    from ..pipelines.local.instantcharacter.loading import load_image_encoders
+    from ..pipelines.local.instantcharacter.siglip_file import load_image_encoders_with_siglip_file
+
+    if os.path.isfile(siglip):
+        encoders = load_image_encoders_with_siglip_file(siglip, dinov2_folder, dtype)
+    else:
+        encoders = load_image_encoders(siglip, dinov2_folder, dtype)
+    return LoadedEncoders(encoders, dtype, host)
 
 
 class ApplyInstantCharacter(io.ComfyNode):
