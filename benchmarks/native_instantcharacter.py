@@ -11,6 +11,15 @@ ComfyUI's FLUX without the adapter, for what the subject branch costs natively. 
 
     .comfyui/venv/bin/python benchmarks/native_instantcharacter.py [--size 128] [--steps 8]
 
+Full size (--full-size; meant for a GPU): ComfyUI's FLUX.1-dev built by its own detection at the
+released size, SigLIP so400m, DINOv2-giant and the adapter with random weights (nothing to
+download), weights bf16 or fp8_e4m3fn (as UNETLoader's weight_dtype; computed in --dtype), 1024²,
+28 steps through ComfyUI's sampler and model management: seconds per image and peak VRAM (the
+reference's features encoded once beforehand, as the encoder node does). `--scale tiny` runs the
+same code at the tests' tiny sizes (a check on the CPU).
+
+    python benchmarks/native_instantcharacter.py --full-size --device cuda
+
 Needs the ComfyUI of COMFYUI_DIR (default .comfyui) importable in this process.
 """
 from __future__ import annotations
@@ -28,7 +37,7 @@ sys.path[:0] = [str(REPO_ROOT / "tests"), str(REPO_ROOT)]
 from timing import timed  # noqa: E402  (benchmarks/, the script's own folder)
 
 
-def import_comfyui():
+def import_comfyui(on_cpu: bool = True):
     from comfyui_server import comfyui_dir
 
     path = str(comfyui_dir() / "ComfyUI")
@@ -36,7 +45,7 @@ def import_comfyui():
         sys.path.append(path)
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.cpu = on_cpu
     import comfy.model_detection  # noqa: F401
     import comfy.model_patcher  # noqa: F401
     import comfy.samplers  # noqa: F401
@@ -125,13 +134,122 @@ def cpu(args) -> None:
     print(f"  native / all-in-one: {ratio:.3f} x (target <= 1.05)")
 
 
+def full_size(args) -> None:
+    import gc
+    import json
+
+    import torch
+    from diffusers import FluxTransformer2DModel
+    from transformers import Dinov2Config, Dinov2Model, SiglipVisionConfig, SiglipVisionModel
+
+    import instantcharacter_fidelity as cases
+    import instantcharacter_models as tiny
+    from local_instantcharacter import DINOV2_GIANT, SIGLIP_SO400M, fill_random_, randomized
+    from pipelines.local.instantcharacter.adapter import build_adapter
+    from pipelines.local.instantcharacter.features import reference_features
+    from pipelines.local.instantcharacter.loading import image_encoders, shipped_config
+
+    device = torch.device(args.device)
+    comfy = import_comfyui(on_cpu=device.type == "cpu")
+    native = import_native()
+    import comfy.model_management as mm
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    small = args.scale == "tiny"
+    size, steps = args.size, args.steps
+
+    # the reference's features, once (the encoder node's job), then the encoders are gone
+    siglip = randomized(lambda: SiglipVisionModel(SiglipVisionConfig(**(tiny.SIGLIP if small else SIGLIP_SO400M))),
+                        device, dtype)
+    dinov2 = randomized(lambda: Dinov2Model(Dinov2Config(**(tiny.DINOV2 if small else DINOV2_GIANT))), device, dtype)
+    encoders = image_encoders(siglip, dinov2)
+    with torch.inference_mode():
+        features = reference_features(cases.reference_image(), encoders.siglip, encoders.siglip_processor,
+                                      encoders.dinov2, encoders.dinov2_processor, device, dtype)
+    del siglip, dinov2, encoders
+
+    if small:
+        adapter_state = tiny.adapter_state()
+    else:   # the official file's key layout and shapes (recorded from the reference's own modules)
+        layout = json.loads((REPO_ROOT / "tests" / "data" / "instantcharacter_reference.json").read_text())
+        adapter_state = {}
+        for part, shapes in layout["official_layout"].items():
+            adapter_state[part] = {}
+            for key, shape in shapes.items():
+                tensor = torch.empty(shape)
+                fill_random_(key, tensor)
+                adapter_state[part][key] = tensor
+
+    # ComfyUI's FLUX as its detection builds it from the released layout (keys and shapes of a
+    # diffusers FLUX.1-dev made on the meta device, through ComfyUI's own key map)
+    config = {k: v for k, v in shipped_config("flux_transformer.json").items() if not k.startswith("_")}
+    if small:
+        config.update(tiny.TRANSFORMER)
+    with torch.device("meta"):
+        layout = tiny.bfl_transformer_state(FluxTransformer2DModel(**config))
+    unet_config = comfy.model_detection.detect_unet_config(layout, "")
+    unet_config.update(num_heads=config["num_attention_heads"], out_channels=unet_config["in_channels"])
+    print(f"{args.scale} size, random weights, {device}, compute {args.dtype}, {size}x{size}, {steps} steps, "
+          f"ComfyUI's euler sampler")
+    for weight_format in ("bf16", "fp8_e4m3fn"):
+        weight_dtype = {"bf16": torch.bfloat16, "fp8_e4m3fn": torch.float8_e4m3fn}[weight_format]
+        model_config = comfy.model_detection.model_config_from_unet_config(dict(unet_config), layout)
+        model_config.set_inference_dtype(weight_dtype, None if weight_dtype == dtype else dtype)
+        model = model_config.get_model({}, "")
+        state = {}
+        for key, tensor in layout.items():    # filled on the device (fast), stored as UNETLoader stores them
+            filled = torch.empty(tensor.shape, device=device, dtype=torch.bfloat16)
+            fill_random_(key, filled)
+            state[key] = filled.to(weight_dtype)
+        model.load_model_weights(state, "")
+        del state
+        patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
+        adapter = native.adapter_in_patcher(build_adapter(adapter_state, dtype), device, torch.device("cpu"))
+        patched, mechanism = native.apply_instantcharacter(patcher, adapter, features, 0.9)
+        generator = torch.Generator().manual_seed(0)
+        embeds = torch.randn(1, 512, unet_config["context_in_dim"], generator=generator)
+        pooled = torch.randn(1, unet_config["vec_in_dim"], generator=generator)
+        conditioning = [[embeds, {"pooled_output": pooled, "guidance": 3.5}]]
+        sigmas = torch.linspace(1, 0, steps + 1)           # the time per step does not depend on the values
+
+        def sample(seed, count=steps):
+            guider = comfy.samplers.CFGGuider(patched)
+            guider.set_conds(conditioning, conditioning)
+            guider.set_cfg(1.0)
+            noise = torch.randn(1, unet_config["in_channels"], size // 8, size // 8,
+                                generator=torch.Generator().manual_seed(seed))
+            with torch.inference_mode():
+                return guider.sample(noise, torch.zeros_like(noise), comfy.samplers.ksampler("euler"),
+                                     sigmas if count == steps else sigmas[[0, -1]], seed=seed, disable_pbar=True)
+
+        sample(0, 1)                                    # load, warm kernels
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        seeds = iter(range(1, 100))
+        seconds = timed(lambda: sample(next(seeds)), repeat=args.repeat)
+        peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else "n/a"
+        print(f"  native ({mechanism}) weights {weight_format:>10}: {seconds:.2f} s per image, peak VRAM {peak}")
+        mm.unload_all_models()
+        del patched, patcher, adapter, model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--full-size", action="store_true", help="released sizes, random weights")
+    parser.add_argument("--scale", default="full", choices=("full", "tiny"), help="with --full-size: tiny checks the code")
+    parser.add_argument("--device", default="cuda", help="with --full-size")
+    parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="with --full-size")
+    parser.add_argument("--size", type=int, help="default 128 (CPU), 1024 (--full-size)")
+    parser.add_argument("--steps", type=int, help="default 8 (CPU), 28 (--full-size)")
+    parser.add_argument("--repeat", type=int, help="default 3 (CPU), 1 (--full-size)")
     args = parser.parse_args()
-    cpu(args)
+    for name, (on_cpu, full) in {"size": (128, 1024), "steps": (8, 28), "repeat": (3, 1)}.items():
+        if getattr(args, name) is None:
+            setattr(args, name, full if args.full_size else on_cpu)
+    full_size(args) if args.full_size else cpu(args)
     return 0
 
 

@@ -78,12 +78,18 @@ class InstantCharacterAdapterWeights(PipelineWeights):
 def load_adapter(path, dtype: torch.dtype | None, load_device: torch.device, offload_device: torch.device,
                  name: str = "") -> LoadedAdapter:
     """An adapter file (.bin or .safetensors, official layout), loaded strictly, in a ModelPatcher."""
-    import comfy.model_patcher
-
     from ..pipelines.local.instantcharacter.adapter import build_adapter
     from ..pipelines.local.weights import read_state
 
-    adapter = build_adapter(read_state(path, "InstantCharacter adapter"), dtype)
+    return adapter_in_patcher(build_adapter(read_state(path, "InstantCharacter adapter"), dtype), load_device,
+                              offload_device, name)
+
+
+def adapter_in_patcher(adapter: SubjectAdapter, load_device: torch.device, offload_device: torch.device,
+                       name: str = "") -> LoadedAdapter:
+    """A built adapter's modules in a ModelPatcher the sampler loads with the MODEL."""
+    import comfy.model_patcher
+
     holder = InstantCharacterAdapterWeights([adapter.projector, adapter.processors])
     use_comfy_cast_ops(holder)
     patcher = comfy.model_patcher.ModelPatcher(holder, load_device=load_device, offload_device=offload_device)
