@@ -405,3 +405,102 @@ def install_into_models(files: TinyFiles, models: Path) -> dict[str, str]:
             "siglip": "google/siglip-tiny", "dinov2": "facebook/dinov2-tiny", "adapter": "instantcharacter-tiny.bin",
             "lora": "style-tiny.safetensors",
             "flux_checkpoint": "flux1-dev-tiny-allinone.safetensors (all-in-one checkpoint)"}
+
+
+# ---- native InstantCharacter: a FLUX.1 at the width ComfyUI's own loaders take -------------------------
+# ComfyUI's FLUX detection hard-codes 24 heads × 128 (and the VAE loader FLUX's channel widths), so the
+# files its UNETLoader / VAELoader / CheckpointLoaderSimple load are FLUX.1's width: one double and one
+# single block (≈ 0.55 B parameters, bf16 on disk) and the VAE at its real size (≈ 84 M). Text width and
+# pooled width stay the tiny ones (ComfyUI reads both from the weights), so the conditioning a test node
+# makes fits, and the projector is the tiny adapter's (the tiny SigLIP / DINOv2 feed it).
+NATIVE_TRANSFORMER = {"num_layers": 1, "num_single_layers": 1, "attention_head_dim": 128, "num_attention_heads": 24,
+                      "in_channels": 64, "joint_attention_dim": TRANSFORMER["joint_attention_dim"],
+                      "pooled_projection_dim": TRANSFORMER["pooled_projection_dim"]}
+NATIVE_NAMES = {"flux": "flux1-dev-native-tiny.safetensors", "vae": "ae-native.safetensors",
+                "lora": "flux-native-tiny-lora.safetensors", "adapter": "instantcharacter-native-tiny.bin",
+                "checkpoint": "flux1-dev-native-tiny-allinone.safetensors", "gguf": "flux1-dev-native-tiny-Q8_0.gguf"}
+# where a ComfyUI user keeps each (folder under models/)
+NATIVE_FOLDERS = {"flux": "diffusion_models", "vae": "vae", "lora": "loras", "adapter": "instantcharacter",
+                  "checkpoint": "checkpoints", "gguf": "diffusion_models"}
+
+
+def _filled_on_cpu(make) -> torch.nn.Module:
+    """A module built without its own initialisation (made on the meta device, then storage on the
+    CPU), filled as fill() does: big modules build in seconds, not minutes."""
+    with torch.device("meta"):
+        module = make()
+    return fill(module.to_empty(device="cpu"))
+
+
+def native_transformer():
+    from diffusers import FluxTransformer2DModel
+
+    config = {k: v for k, v in shipped_config("flux_transformer.json", **NATIVE_TRANSFORMER).items()
+              if not k.startswith("_")}
+    return _filled_on_cpu(lambda: FluxTransformer2DModel(**config))
+
+
+def native_vae():
+    from diffusers import AutoencoderKL
+
+    config = {k: v for k, v in shipped_config("flux_vae.json").items() if not k.startswith("_")}
+    return _filled_on_cpu(lambda: AutoencoderKL(**config))
+
+
+def native_lora(rank: int = 4, seed: int = SEED) -> dict:
+    """A kohya-format LoRA on the native transformer's fused q/k/v and single-block linear1."""
+    hidden = NATIVE_TRANSFORMER["attention_head_dim"] * NATIVE_TRANSFORMER["num_attention_heads"]
+    shapes = {"lora_unet_double_blocks_0_img_attn_qkv": (3 * hidden, hidden),
+              "lora_unet_single_blocks_0_linear1": (7 * hidden, hidden)}
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, (out_features, in_features) in shapes.items():
+        state[f"{name}.lora_down.weight"] = torch.randn(rank, in_features, generator=generator) / in_features ** 0.5
+        state[f"{name}.lora_up.weight"] = torch.randn(out_features, rank, generator=generator) * 0.5
+        state[f"{name}.alpha"] = torch.tensor(float(rank))
+    return state
+
+
+def native_adapter_state(seed: int = SEED) -> dict:
+    """The official layout for the native transformer: the tiny projector, one subject processor per
+    block at width 3072 (128-wide heads)."""
+    from pipelines.local.instantcharacter.adapter import SubjectAttnProcessor
+
+    hidden = NATIVE_TRANSFORMER["attention_head_dim"] * NATIVE_TRANSFORMER["num_attention_heads"]
+    count = NATIVE_TRANSFORMER["num_layers"] + NATIVE_TRANSFORMER["num_single_layers"]
+    attention = fill(torch.nn.ModuleList([
+        SubjectAttnProcessor(hidden, NATIVE_TRANSFORMER["joint_attention_dim"], NATIVE_TRANSFORMER["attention_head_dim"])
+        for _ in range(count)]), seed + 1)
+    return {"image_proj": adapter_state(seed=seed)["image_proj"], "ip_adapter": attention.state_dict()}
+
+
+def build_native_files(root: Path, gguf: bool = False) -> dict[str, Path]:
+    """The native InstantCharacter files under `root` (≈ 1.5 GB, under a minute); the name → path of each
+    (keys of NATIVE_NAMES). The all-in-one checkpoint holds the transformer and the VAE only (no text
+    encoders: CheckpointLoaderSimple then gives no CLIP, which these tests do not use)."""
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    paths = {key: root / name for key, name in NATIVE_NAMES.items() if gguf or key != "gguf"}
+    bfl = {k: v.to(torch.bfloat16).contiguous() for k, v in bfl_transformer_state(native_transformer()).items()}
+    ae = {k: v.to(torch.bfloat16).contiguous() for k, v in ldm_vae_state(native_vae()).items()}
+    save_file(bfl, paths["flux"])
+    save_file(ae, paths["vae"])
+    save_file(native_lora(), paths["lora"])
+    torch.save(native_adapter_state(), paths["adapter"])
+    save_file({**{CHECKPOINT_PREFIXES["transformer"] + k: v for k, v in bfl.items()},
+               **{CHECKPOINT_PREFIXES["vae"] + k: v for k, v in ae.items()}}, paths["checkpoint"])
+    if gguf:
+        write_gguf(bfl, paths["gguf"])
+    return paths
+
+
+def link_native_files(paths: dict[str, Path], models: Path) -> dict[str, str]:
+    """Symlink the native files into a ComfyUI's model folders (ComfyUI lists a folder anew when it
+    changes); returns the name each loader lists."""
+    for key, path in paths.items():
+        target = models / NATIVE_FOLDERS[key] / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            target.symlink_to(path)
+    return {key: path.name for key, path in paths.items()}
