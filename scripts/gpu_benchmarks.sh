@@ -8,14 +8,15 @@
 #   scripts/gpu_benchmarks.sh run [--tiny]
 #       on the GPU machine, with .device carried: installs the wheels into a temporary folder, then
 #       prints local InstantCharacter and InstantID at full size (1024², 28 / 30 steps) for each
-#       memory mode and weight format, with the reference pipelines. --tiny checks it all on a CPU.
+#       memory mode and weight format, with the reference pipelines, and native InstantCharacter
+#       (ComfyUI's own FLUX, bf16 / fp8 weights) through ComfyUI's sampler. --tiny checks it all on a CPU.
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 DEVICE_DIR="$REPO_ROOT/.device"
 
 case "${1:-}" in
 prepare)
-  [ $# -eq 3 ] || { sed -n 2,12p "$0"; exit 2; }
+  [ $# -eq 3 ] || { sed -n 2,13p "$0"; exit 2; }
   PY="$REPO_ROOT/.comfyui/venv/bin/python"
   rm -rf "$DEVICE_DIR" && mkdir -p "$DEVICE_DIR/wheels" "$DEVICE_DIR/InstantCharacter" "$DEVICE_DIR/InstantID" \
     "$DEVICE_DIR/tokenizers"
@@ -25,6 +26,13 @@ prepare)
   (cd "$3" && cp -r --parents pipeline_stable_diffusion_xl_instantid_full.py ip_adapter "$DEVICE_DIR/InstantID/")
   COMFY="$REPO_ROOT/.comfyui/ComfyUI/comfy"
   cp -r "$COMFY/sd1_tokenizer" "$COMFY/text_encoders/t5_tokenizer" "$DEVICE_DIR/tokenizers/"
+  # ComfyUI's own code for the native benchmark (its sampler and model management in-process), and
+  # the packages it needs beyond torch and transformers
+  mkdir -p "$DEVICE_DIR/comfyui/ComfyUI"
+  (cd "$REPO_ROOT/.comfyui/ComfyUI" && cp -r comfy comfy_api comfy_execution comfy_extras utils folder_paths.py \
+    node_helpers.py latent_preview.py comfyui_version.py protocol.py "$DEVICE_DIR/comfyui/ComfyUI/")
+  "$PY" -m pip download --quiet --no-deps -d "$DEVICE_DIR/wheels" -c "$REPO_ROOT/scripts/constraints.txt" \
+    einops torchsde trampoline
   find "$DEVICE_DIR" -name __pycache__ -prune -exec rm -rf {} +
   du -sh "$DEVICE_DIR"
   echo "carry .device with the run: scripts/gpu_benchmarks.sh run"
@@ -38,19 +46,23 @@ run)
   TOKENIZERS=("$DEVICE_DIR/tokenizers/sd1_tokenizer" "$DEVICE_DIR/tokenizers/t5_tokenizer")
   if [ "${2:-}" = "--tiny" ]; then
     IC=(--scale tiny --device cpu --dtype fp32 --size 64 --steps 3)
+    NATIVE=(--scale tiny --device cpu --dtype fp32 --size 64 --steps 3)
     ID=(--device cpu --dtype bf16 --size 128 --steps 2 --repeat 1 --memory-mode resident)
   else
     "$PY" -c "import torch; print(torch.cuda.get_device_name(), torch.__version__)"
     IC=(--device cuda --dtype bf16)
+    NATIVE=(--device cuda --dtype bf16)
     ID=(--device cuda --dtype fp16)
   fi
   echo "== local InstantCharacter"
   "$PY" "$REPO_ROOT/benchmarks/local_instantcharacter.py" --full-size "${IC[@]}" \
     --reference "$DEVICE_DIR/InstantCharacter" --tokenizers "${TOKENIZERS[@]}"
+  echo "== native InstantCharacter (ComfyUI's FLUX MODEL patched, ComfyUI's sampler)"
+  COMFYUI_DIR="$DEVICE_DIR/comfyui" "$PY" "$REPO_ROOT/benchmarks/native_instantcharacter.py" --full-size "${NATIVE[@]}"
   echo "== local InstantID"
   "$PY" "$REPO_ROOT/benchmarks/local_instantid.py" --full-size "${ID[@]}" \
     --reference "$DEVICE_DIR/InstantID" --tokenizer "${TOKENIZERS[0]}"
   ;;
 *)
-  sed -n 2,12p "$0"; exit 2 ;;
+  sed -n 2,13p "$0"; exit 2 ;;
 esac
