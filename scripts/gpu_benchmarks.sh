@@ -28,9 +28,11 @@ prepare)
   cp -r "$COMFY/sd1_tokenizer" "$COMFY/text_encoders/t5_tokenizer" "$DEVICE_DIR/tokenizers/"
   # ComfyUI's own code for the native benchmark (its sampler and model management in-process), and
   # the packages it needs beyond torch and transformers
+  # (without its tokenizer folders, 19 MiB the benchmark does not read)
   mkdir -p "$DEVICE_DIR/comfyui/ComfyUI"
-  (cd "$REPO_ROOT/.comfyui/ComfyUI" && cp -r comfy comfy_api comfy_execution comfy_extras utils folder_paths.py \
-    node_helpers.py latent_preview.py comfyui_version.py protocol.py "$DEVICE_DIR/comfyui/ComfyUI/")
+  (cd "$REPO_ROOT/.comfyui/ComfyUI" && tar -c --exclude='*_tokenizer' --exclude=__pycache__ comfy comfy_api \
+    comfy_execution comfy_extras utils folder_paths.py node_helpers.py latent_preview.py comfyui_version.py \
+    protocol.py | tar -x -C "$DEVICE_DIR/comfyui/ComfyUI")
   "$PY" -m pip download --quiet --no-deps -d "$DEVICE_DIR/wheels" -c "$REPO_ROOT/scripts/constraints.txt" \
     einops torchsde trampoline
   find "$DEVICE_DIR" -name __pycache__ -prune -exec rm -rf {} +
