@@ -5,7 +5,7 @@ Each graph below is created node by node in the browser (LiteGraph), so the save
 exactly what ComfyUI itself writes when a user saves a workflow. Needs the test set-up
 (scripts/setup.sh --test). Run with ComfyUI's venv python:
 
-    .comfyui/venv/bin/python scripts/build_workflows.py
+    .comfyui/venv/bin/python scripts/build_workflows.py [name ...]
 """
 from __future__ import annotations
 
@@ -309,6 +309,45 @@ WORKFLOWS = {
         "or cloud forces a branch. The 'why' preview says which branch ran and why. The cloud branch needs "
         "SEGMIND_API_KEY.",
     ),
+    "native_instantcharacter": (
+        {
+            "load": ("LoadImage", [40, 700], {"image": REFERENCE}),
+            "prepare": ("CharIDPrepareReference", [380, 700], {"size": 1024}),
+            "unet": ("UNETLoader", [40, 40], {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}),
+            "clip": ("DualCLIPLoader", [40, 240],
+                     {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp16.safetensors", "type": "flux"}),
+            "vae": ("VAELoader", [40, 480], {"vae_name": "ae.safetensors"}),
+            # bypassed until you pick your LoRA (select it and press Ctrl+B): a shared workflow cannot name one
+            "lora": ("LoraLoaderModelOnly", [380, 40], {"lora_name": "your_flux_lora.safetensors", "strength_model": 1.0},
+                     {"mode": 4}),
+            "adapter": ("CharIDLoadInstantCharacterAdapter", [380, 240], {"adapter": "instantcharacter_ip-adapter.bin"}),
+            "encoders": ("CharIDLoadInstantCharacterEncoders", [380, 400],
+                         {"siglip": "siglip-so400m-patch14-384", "dinov2": "dinov2-giant"}),
+            "apply": ("CharIDApplyInstantCharacter", [760, 40], {"weight": 0.9}),
+            "text": ("CLIPTextEncode", [760, 400], {"text": "the character reading a map in a snowy mountain village, "
+                                                            "warm evening light"}),
+            "guidance": ("FluxGuidance", [1120, 400], {"guidance": 3.5}),
+            "negative": ("ConditioningZeroOut", [1120, 560], {}),
+            "latent": ("EmptySD3LatentImage", [760, 700], {"width": 1024, "height": 1024, "batch_size": 1}),
+            "sample": ("KSampler", [1440, 40], {"seed": 42, "steps": 28, "cfg": 1.0, "sampler_name": "euler",
+                                               "scheduler": "simple", "denoise": 1.0}),
+            "decode": ("VAEDecode", [1800, 40], {}),
+            "save": ("SaveImage", [2040, 40], {"filename_prefix": "character_identity/instantcharacter_native"}),
+        },
+        [("load", 0, "prepare", "image"), ("load", 1, "prepare", "mask"), ("unet", 0, "lora", "model"),
+         ("lora", 0, "apply", "model"), ("adapter", 0, "apply", "adapter"), ("encoders", 0, "apply", "image_encoders"),
+         ("prepare", 0, "apply", "reference"), ("clip", 0, "text", "clip"), ("text", 0, "guidance", "conditioning"),
+         ("text", 0, "negative", "conditioning"), ("apply", 0, "sample", "model"),
+         ("guidance", 0, "sample", "positive"), ("negative", 0, "sample", "negative"),
+         ("latent", 0, "sample", "latent_image"), ("sample", 0, "decode", "samples"), ("vae", 0, "decode", "vae"),
+         ("decode", 0, "save", "images")],
+        "Native InstantCharacter: your own FLUX.1-dev MODEL (UNETLoader here; CheckpointLoaderSimple, an fp8 "
+        "weight_dtype or a GGUF loader work the same), patched by Apply InstantCharacter and sampled by ComfyUI's "
+        "KSampler (cfg 1, FluxGuidance 3.5, as ComfyUI's FLUX graphs use). The LoRA node is bypassed: pick your "
+        "FLUX LoRA and un-bypass it (Ctrl+B), or leave it. Needs the files in the README's Model files section "
+        "(FLUX.1-dev and the adapter are non-commercial releases); ComfyUI loads and offloads them as it does its "
+        "own models. Weight 0 gives the model as it was; apply once per MODEL.",
+    ),
 }
 
 BUILD_JS = """([nodes, links, note, pack, coreVersion]) => {
@@ -317,7 +356,7 @@ BUILD_JS = """([nodes, links, note, pack, coreVersion]) => {
   window.app.canvas.ds.scale = 1;           // the saved view: as a fresh canvas has it
   window.app.canvas.ds.offset = [0, 0];
   const made = {};
-  for (const [key, [type, pos, widgets, models]] of Object.entries(nodes)) {
+  for (const [key, [type, pos, widgets, options, models]] of Object.entries(nodes)) {
     const node = LG.createNode(type);
     if (!node) throw new Error("unknown node type " + type);
     node.pos = pos;
@@ -338,6 +377,7 @@ BUILD_JS = """([nodes, links, note, pack, coreVersion]) => {
     for (const widget of node.widgets ?? []) {
       if (widget.name === "control_after_generate") widget.value = "fixed";
     }
+    if (options.mode !== undefined) node.mode = options.mode;     // 4: bypassed
     made[key] = node;
   }
   for (const [from, output, to, input] of links) {
@@ -411,8 +451,12 @@ def main() -> int:
                                    "e => e.name === 'CharacterIdentity.ui')", timeout=90_000)
             (REPO_ROOT / "workflows" / "api").mkdir(exist_ok=True)
             core_version = server.get_json("/system_stats")["system"]["comfyui_version"]
+            only = sys.argv[1:]                   # names to rebuild (default: all)
             for name, (nodes, links, note) in WORKFLOWS.items():
-                specs = {key: [*spec, model_metadata(spec[2])] for key, spec in nodes.items()}
+                if only and name not in only:
+                    continue
+                specs = {key: [*spec[:3], spec[3] if len(spec) > 3 else {}, model_metadata(spec[2])]
+                         for key, spec in nodes.items()}
                 workflow = json.loads(page.evaluate(BUILD_JS, [specs, links, note, PACK_METADATA, core_version]))
                 path = REPO_ROOT / "workflows" / f"{name}.json"
                 path.write_text(json.dumps(workflow, indent=2) + "\n")

@@ -3,6 +3,7 @@ end-to-end tests share one real ComfyUI server per session."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -39,6 +40,27 @@ def start_comfyui(base, emulator_servers, extra_args: list[str], keys: bool = Tr
     return server
 
 
+TEST_NODES = Path(__file__).resolve().parent / "comfyui_test_nodes" / "charid_test_flux_conditioning"
+
+
+def link_test_nodes(base) -> None:
+    """The test-only node folder (FLUX conditioning at the tiny text widths; DualCLIPLoader always builds
+    the full-size T5) into a test ComfyUI's custom_nodes, before it starts. Never part of the pack."""
+    (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
+    link = base / "custom_nodes" / TEST_NODES.name
+    if not link.exists():
+        link.symlink_to(TEST_NODES, target_is_directory=True)
+
+
+@pytest.fixture(scope="session")
+def native_files(tmp_path_factory):
+    """The native InstantCharacter files (a FLUX.1 at width 3072 with one double and one single block,
+    the real-size VAE, a LoRA, the adapter, an all-in-one checkpoint), built once per session on first use."""
+    from instantcharacter_models import build_native_files
+
+    return build_native_files(tmp_path_factory.mktemp("native-files"))
+
+
 @pytest.fixture(scope="session")
 def comfyui(tmp_path_factory, emulator_servers):
     """One real ComfyUI for the session, with the tiny local models in its model folders."""
@@ -53,6 +75,7 @@ def comfyui(tmp_path_factory, emulator_servers):
     instantid_files = instantid_models.build_tiny_instantid(tmp_path_factory.mktemp("tiny-instantid"))
     antelopev2 = face_models.antelopev2(tmp_path_factory.mktemp("tiny-antelopev2") / "antelopev2")
     instantid_names = instantid_models.install_into_models(instantid_files, antelopev2, base / "models")
+    link_test_nodes(base)
     server = start_comfyui(base, emulator_servers, ["--preview-method", "auto"])
     server.local_models = local_models
     server.instantid_models = instantid_names

@@ -504,3 +504,28 @@ def link_native_files(paths: dict[str, Path], models: Path) -> dict[str, str]:
         if not target.exists():
             target.symlink_to(path)
     return {key: path.name for key, path in paths.items()}
+
+
+def native_workflow_on_tiny_files(prompt: dict, names: dict[str, str]) -> dict:
+    """The shipped native InstantCharacter workflow (API format) made to run on the native tiny files
+    (`names`: link_native_files' answer) in a test ComfyUI: its loaders pointed at them, DualCLIPLoader +
+    CLIPTextEncode replaced by the test-only TestFluxConditioning node (DualCLIPLoader always builds the
+    full-size T5-XXL), a 64×64 latent and two steps. Everything else runs as shipped."""
+    out = json.loads(json.dumps(prompt))
+    for node_id, node in list(out.items()):
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "DualCLIPLoader":
+            del out[node_id]
+        elif kind == "CLIPTextEncode":
+            out[node_id] = {"class_type": "TestFluxConditioning", "inputs": {"seed": 1, "guidance": 3.5}}
+        elif kind == "UNETLoader":
+            inputs["unet_name"] = names["flux"]
+        elif kind == "VAELoader":
+            inputs["vae_name"] = names["vae"]
+        elif kind == "CharIDLoadInstantCharacterAdapter":
+            inputs["adapter"] = names["adapter"]
+        elif kind == "EmptySD3LatentImage":
+            inputs.update(width=64, height=64)
+        elif kind == "KSampler":
+            inputs["steps"] = 2
+    return out

@@ -44,12 +44,13 @@ def comfyui(request, comfyui, tmp_path_factory, emulator_servers):
         comfyui.frontend = "bundled"
         yield comfyui
         return
-    from conftest import start_comfyui
+    from conftest import link_test_nodes, start_comfyui
 
     roots = sorted(NEWEST_FRONTENDS.glob("*/index.html")) if NEWEST_FRONTENDS.is_dir() else []
     assert roots, "the newest frontend is missing: run scripts/setup.sh --test"
     base = tmp_path_factory.mktemp("comfyui-newest-frontend")
     shutil.copytree(comfyui.base / "models", base / "models", symlinks=True)
+    link_test_nodes(base)
     server = start_comfyui(base, emulator_servers, ["--front-end-root", str(roots[-1].parent)])
     server.local_models, server.instantid_models = comfyui.local_models, comfyui.instantid_models
     server.frontend = roots[-1].parent.name
@@ -227,7 +228,7 @@ def saved_outputs(comfyui, entry) -> list[Image.Image]:
 
 WORKFLOWS = ["prepare_character_reference", "cloud_providers_side_by_side", "cloud_wavespeed_instantcharacter",
              "cloud_fal_instantcharacter", "cloud_segmind_instantid", "local_instantcharacter", "local_instantid",
-             "compare_backends", "hybrid_local_and_cloud", "route_local_or_cloud"]
+             "compare_backends", "hybrid_local_and_cloud", "route_local_or_cloud", "native_instantcharacter"]
 # what the workflows load: the example the pack puts into ComfyUI's input folder (the README names it)
 README_INPUTS = {"character_identity_example.png"}
 
@@ -299,6 +300,10 @@ MISSING_MODELS = {
         ("text_encoders", "clip_l.safetensors"), ("text_encoders", "t5xxl_fp16.safetensors"),
         ("instantcharacter", "instantcharacter_ip-adapter.bin")]),
     "local_instantid": sorted([("checkpoints", "sd_xl_base_1.0.safetensors"), ("instantid", "ip-adapter.bin")]),
+    "native_instantcharacter": sorted([
+        ("diffusion_models", "flux1-dev.safetensors"), ("vae", "ae.safetensors"),
+        ("text_encoders", "clip_l.safetensors"), ("text_encoders", "t5xxl_fp16.safetensors"),
+        ("instantcharacter", "instantcharacter_ip-adapter.bin")]),
 }
 
 
@@ -320,7 +325,8 @@ def test_a_workflow_names_the_pack_and_where_each_model_file_comes_from(name):
         assert model["url"] == f"https://huggingface.co/{MODEL_REPOSITORIES[model['name']]}/resolve/main/{model['name']}"
     loaders = {node["type"] for node in nodes}
     expected_files = [file for workflow, loader in [("local_instantcharacter", "CharIDInstantCharacterLoader"),
-                                                    ("local_instantid", "CharIDInstantIDLoader")]
+                                                    ("local_instantid", "CharIDInstantIDLoader"),
+                                                    ("native_instantcharacter", "CharIDApplyInstantCharacter")]
                       if loader in loaders for file in MISSING_MODELS[workflow]]
     assert sorted((model["directory"], model["name"]) for model in models) == sorted(expected_files)
 
@@ -389,6 +395,24 @@ def test_the_local_instantcharacter_workflow_converts_and_runs(page, comfyui):
     assert image.size == (64, 64)
     [info] = [json.loads(output["text"][0]) for output in entry["outputs"].values() if "text" in output]
     assert info["backend"] == "InstantCharacter (local)" and info["seed"] == 42
+    assert page.pack_errors == []
+
+
+def test_the_native_instantcharacter_workflow_converts_and_runs(page, comfyui, native_files):
+    """Converted by the frontend, then run on the native tiny files (a FLUX.1 at width 3072 that ComfyUI's
+    UNETLoader takes) with DualCLIPLoader + CLIPTextEncode swapped for the test-only conditioning node:
+    DualCLIPLoader always builds the full-size T5-XXL (instantcharacter_models.native_workflow_on_tiny_files).
+    The LoRA node ships bypassed, so the converted prompt has none."""
+    import instantcharacter_models as tiny
+
+    names = tiny.link_native_files(native_files, comfyui.base / "models")
+    converted = load_and_convert(page, "native_instantcharacter")
+    assert "LoraLoaderModelOnly" not in {node["class_type"] for node in converted.values()}
+    prompt = tiny.native_workflow_on_tiny_files(use_reference(converted, uploaded_reference(comfyui, "rgba_png")),
+                                                names)
+    entry = comfyui.run(prompt, timeout=600)
+    [image] = saved_outputs(comfyui, entry)
+    assert image.size == (64, 64)
     assert page.pack_errors == []
 
 
