@@ -452,6 +452,9 @@ class Server:
 folder = tempfile.mkdtemp()
 os.symlink(pack_root, os.path.join(folder, pack_name))
 asyncio.run(nodes.load_custom_node(os.path.join(folder, pack_name)))
+# SamplerCustomAdvanced and its inputs, as ComfyUI loads its built-in extra nodes
+asyncio.run(nodes.load_custom_node(os.path.join(comfy_root, "comfy_extras", "nodes_custom_sampler.py"),
+                                   module_parent="comfy_extras"))
 nodes.NODE_CLASS_MAPPINGS.update(TestTinyFlux=TinyFlux, TestTinyConditioning=TinyConditioning, TestKeepLatent=KeepLatent)
 import comfy.model_management as mm
 
@@ -459,7 +462,7 @@ reports = []
 executor = None
 for case in json.loads(sys.stdin.read()):
     valid = asyncio.run(execution.validate_prompt("prompt", case["prompt"], None))
-    report = {"valid": valid[0], "node_errors": valid[3]}
+    report = {"valid": valid[0], "error": valid[1], "node_errors": valid[3]}
     if valid[0]:
         stub = server.PromptServer.instance = Server()
         executor = executor or execution.PromptExecutor(stub, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
@@ -495,6 +498,25 @@ def native_prompt(names: dict, weight: float, seed: int, keep: str, apply: bool 
     return prompt
 
 
+def custom_advanced_prompt(names: dict, weight: float, seed: int, keep: str) -> dict:
+    """The same graph with SamplerCustomAdvanced (RandomNoise, BasicGuider, KSamplerSelect, BasicScheduler)
+    in place of KSampler."""
+    prompt = native_prompt(names, weight, seed, keep)
+    del prompt["8"]
+    prompt.update({
+        "11": {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}},
+        "12": {"class_type": "BasicGuider", "inputs": {"model": ["5", 0], "conditioning": ["6", 0]}},
+        "13": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "14": {"class_type": "BasicScheduler", "inputs": {"model": ["5", 0], "scheduler": "simple", "steps": 2,
+                                                           "denoise": 1.0}},
+        "15": {"class_type": "SamplerCustomAdvanced",
+               "inputs": {"noise": ["11", 0], "guider": ["12", 0], "sampler": ["13", 0], "sigmas": ["14", 0],
+                          "latent_image": ["7", 0]}},
+    })
+    prompt["9"]["inputs"]["samples"] = ["15", 0]
+    return prompt
+
+
 @pytest.fixture(scope="module")
 def engine_run(files, tmp_path_factory):
     """The three nodes with ComfyUI's KSampler, run by ComfyUI's executor on the tiny files in the
@@ -515,6 +537,7 @@ def engine_run(files, tmp_path_factory):
     refused["10"] = {"class_type": "CharIDApplyInstantCharacter", "inputs": {**refused["5"]["inputs"], "model": ["5", 0]}}
     refused["8"]["inputs"]["model"] = ["10", 0]
     runs.append(refused)
+    runs.append(custom_advanced_prompt(names, WEIGHT, 5, "custom_advanced"))
     result = subprocess.run([str(comfyui_dir() / "venv" / "bin" / "python"), "-c", ENGINE, str(comfyui_dir() / "ComfyUI"),
                              str(REPO_ROOT), PACK_NAME, str(base), str(out)],
                             input=json.dumps([{"prompt": p} for p in runs]), capture_output=True, text=True, timeout=600)
@@ -537,6 +560,16 @@ def test_the_nodes_run_in_comfyui_with_its_ksampler(engine_run):
     assert {"3", "5"} <= set(reports[1]["cached"]) and "5" not in reports[1]["executed"]
     assert (latents["subject_new_seed"] - subject).abs().max() > 0.01
     assert "InstantCharacterAdapterWeights" in reports[0]["loaded"]     # loaded with the MODEL by the sampler
+
+
+def test_sampler_custom_advanced_gives_what_ksampler_gives(engine_run):
+    # KSampler at CFG 1 conditions on the positive only, as BasicGuider does; same seed, sampler, schedule
+    reports, latents = engine_run
+    assert reports[5]["valid"] and not reports[5]["errors"], reports[5]
+    assert "5" in reports[5]["cached"]                                  # the Apply of the KSampler run, reused
+    difference = (latents["custom_advanced"] - latents["subject"]).abs().max().item()
+    print(f"SamplerCustomAdvanced vs KSampler: max |difference| {difference:.2e}")
+    assert difference <= 1e-5 and (latents["custom_advanced"] - latents["plain"]).abs().max() > 0.01
 
 
 def test_a_second_apply_on_the_same_model_is_refused_in_comfyui(engine_run):
