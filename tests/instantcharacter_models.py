@@ -418,10 +418,11 @@ NATIVE_TRANSFORMER = {"num_layers": 1, "num_single_layers": 1, "attention_head_d
                       "pooled_projection_dim": TRANSFORMER["pooled_projection_dim"]}
 NATIVE_NAMES = {"flux": "flux1-dev-native-tiny.safetensors", "vae": "ae-native.safetensors",
                 "lora": "flux-native-tiny-lora.safetensors", "adapter": "instantcharacter-native-tiny.bin",
-                "checkpoint": "flux1-dev-native-tiny-allinone.safetensors", "gguf": "flux1-dev-native-tiny-Q8_0.gguf"}
+                "checkpoint": "flux1-dev-native-tiny-allinone.safetensors", "gguf": "flux1-dev-native-tiny-Q8_0.gguf",
+                "scaled_fp8": "flux1-dev-native-tiny-fp8-scaled.safetensors"}
 # where a ComfyUI user keeps each (folder under models/)
 NATIVE_FOLDERS = {"flux": "diffusion_models", "vae": "vae", "lora": "loras", "adapter": "instantcharacter",
-                  "checkpoint": "checkpoints", "gguf": "diffusion_models"}
+                  "checkpoint": "checkpoints", "gguf": "diffusion_models", "scaled_fp8": "diffusion_models"}
 
 
 def _filled_on_cpu(make) -> torch.nn.Module:
@@ -474,14 +475,32 @@ def native_adapter_state(seed: int = SEED) -> dict:
     return {"image_proj": adapter_state(seed=seed)["image_proj"], "ip_adapter": attention.state_dict()}
 
 
-def build_native_files(root: Path, gguf: bool = False) -> dict[str, Path]:
+def scaled_fp8_state(bfl: dict) -> dict:
+    """The transformer as the "fp8 scaled" FLUX files are written (e.g. Comfy-Org's flux1-dev-fp8-scaled):
+    each block's linear weights in float8_e4m3fn divided by a per-tensor scale stored beside them as
+    `<layer>.scale_weight`, the other tensors as they were, and the empty `scaled_fp8` marker."""
+    state = {}
+    for key, value in bfl.items():
+        if key.startswith(("double_blocks.", "single_blocks.")) and key.endswith(".weight") and value.ndim == 2:
+            scale = value.float().abs().max() / torch.finfo(torch.float8_e4m3fn).max
+            state[key] = (value.float() / scale).to(torch.float8_e4m3fn)
+            state[key[:-len("weight")] + "scale_weight"] = scale.reshape(())
+        else:
+            state[key] = value
+    state["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    return state
+
+
+def build_native_files(root: Path, gguf: bool = False, scaled_fp8: bool = False) -> dict[str, Path]:
     """The native InstantCharacter files under `root` (≈ 1.5 GB, under a minute); the name → path of each
     (keys of NATIVE_NAMES). The all-in-one checkpoint holds the transformer and the VAE only (no text
-    encoders: CheckpointLoaderSimple then gives no CLIP, which these tests do not use)."""
+    encoders: CheckpointLoaderSimple then gives no CLIP, which these tests do not use). The GGUF and the
+    scaled fp8 copy of the transformer only when asked for."""
     from safetensors.torch import save_file
 
     root.mkdir(parents=True, exist_ok=True)
-    paths = {key: root / name for key, name in NATIVE_NAMES.items() if gguf or key != "gguf"}
+    optional = {"gguf": gguf, "scaled_fp8": scaled_fp8}
+    paths = {key: root / name for key, name in NATIVE_NAMES.items() if optional.get(key, True)}
     bfl = {k: v.to(torch.bfloat16).contiguous() for k, v in bfl_transformer_state(native_transformer()).items()}
     ae = {k: v.to(torch.bfloat16).contiguous() for k, v in ldm_vae_state(native_vae()).items()}
     save_file(bfl, paths["flux"])
@@ -492,6 +511,8 @@ def build_native_files(root: Path, gguf: bool = False) -> dict[str, Path]:
                **{CHECKPOINT_PREFIXES["vae"] + k: v for k, v in ae.items()}}, paths["checkpoint"])
     if gguf:
         write_gguf(bfl, paths["gguf"])
+    if scaled_fp8:
+        save_file(scaled_fp8_state(bfl), paths["scaled_fp8"])
     return paths
 
 

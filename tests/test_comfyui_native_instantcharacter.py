@@ -44,18 +44,7 @@ def native_server(tmp_path_factory, emulator_servers):
     models = base / "models"
     local = tiny.install_into_models(tiny.build_tiny_files(tmp_path_factory.mktemp("tiny-models")), models)
     native = tiny.link_native_files(tiny.build_native_files(tmp_path_factory.mktemp("native-files"),
-                                                            gguf=bool(GGUF_PACK)), models)
-    # a non-FLUX MODEL ComfyUI's UNETLoader takes: the Segmind-Vega-like SDXL UNet of the InstantID tests
-    from safetensors.torch import save_file
-
-    import instantid_models
-
-    prefix = "model.diffusion_model."
-    sdxl = instantid_models.ldm_checkpoint(instantid_models.native_unet(), instantid_models.vae(),
-                                           *instantid_models.native_text_encoders())
-    save_file({k[len(prefix):]: v.contiguous() for k, v in sdxl.items() if k.startswith(prefix)},
-              models / "diffusion_models" / "sdxl-vega-tiny-unet.safetensors")
-    del sdxl
+                                                            gguf=bool(GGUF_PACK), scaled_fp8=True), models)
     (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
     (base / "custom_nodes" / TEST_NODES.name).symlink_to(TEST_NODES, target_is_directory=True)
     if GGUF_PACK:
@@ -68,7 +57,8 @@ def native_server(tmp_path_factory, emulator_servers):
     full = instantid_models.ldm_checkpoint(instantid_models.native_unet(), instantid_models.vae(),
                                            *instantid_models.native_text_encoders())
     save_file({k[len(prefix):]: v.contiguous() for k, v in full.items() if k.startswith(prefix)},
-              models / "diffusion_models" / "sdxl-unet-tiny.safetensors")
+              models / "diffusion_models" / "sdxl-vega-tiny-unet.safetensors")
+    del full
     server = start_comfyui(base, emulator_servers, [])
     buffer = io.BytesIO()
     cases.reference_image().save(buffer, "PNG")
@@ -192,6 +182,21 @@ def test_fp8_weights_from_unetloader_run(native_server):
     one step, since each costs ComfyUI's casts of 0.55 B weights on the CPU."""
     entry = native_server.run(native_graph(native_server, weight_dtype="fp8_e4m3fn", steps=1), timeout=600)
     assert image_of(native_server, entry).std() > 1
+
+
+def test_scaled_fp8_weights_from_unetloader_run(native_server):
+    """An "fp8 scaled" FLUX file (fp8 block weights with per-tensor scale_weight, the scaled_fp8 marker)
+    through UNETLoader: ComfyUI's scaled-fp8 layers compute the patched blocks; the character still
+    changes the image (one step each, with and without Apply)."""
+    loader = {"class_type": "UNETLoader", "inputs": {"unet_name": native_server.names["scaled_fp8"],
+                                                     "weight_dtype": "default"}}
+    with_character = image_of(native_server, native_server.run(
+        native_graph(native_server, loader=loader, lora=False, steps=1), timeout=600))
+    plain = image_of(native_server, native_server.run(
+        native_graph(native_server, loader=loader, lora=False, steps=1, apply=False), timeout=600))
+    difference = np.abs(with_character - plain)
+    print(f"\nscaled fp8: |character - plain| max {difference.max()}, mean {difference.mean():.2f}")
+    assert with_character.std() > 1 and difference.max() > 10
 
 
 @pytest.mark.skipif(not GGUF_PACK, reason="set COMFYUI_GGUF_PACK to a ComfyUI-GGUF checkout "
