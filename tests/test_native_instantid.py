@@ -9,6 +9,9 @@ pipeline's side is InstantIDPipeline.generate itself (its UNet + IdentityNet + f
 prompt encoding and face tokens): its first step's denoised latents, read through on_step. Both get
 the same latents (the pipeline's seeded noise × its init_noise_sigma: √(σ₀²+1) for Euler with leading
 spacing, where ComfyUI would scale by σ₀), the same sigma, text embeddings, keypoint image and face.
+
+The whole image: ComfyUI's euler KSAMPLER over generate's own sigmas from its noise (× √(σ₀²+1)/σ₀)
+gives generate's final latents and decoded image; ComfyUI's own SDXL schedules give other images.
 """
 from __future__ import annotations
 
@@ -260,6 +263,128 @@ def test_a_model_that_is_not_sdxl_is_refused_by_name(native, adapter, face):
     model = types.SimpleNamespace(model=Flux(), model_options={"transformer_options": {}})
     with pytest.raises(native.NativeInstantIDError, match="needs an SDXL model; this MODEL is Flux"):
         native.apply_instantid(model, [], [], adapter, face, None)
+
+
+# ---- (b) the whole image ---------------------------------------------------------------------------------
+# ComfyUI's euler KSAMPLER through a CFGGuider (as SamplerCustomAdvanced runs it) over the pipeline's own
+# sigmas, from the pipeline's own noise, against InstantIDPipeline.generate's final latents and image.
+# The one scaling that differs: diffusers' Euler with leading spacing starts from noise × √(σ₀²+1)
+# (init_noise_sigma); ComfyUI starts from noise × σ₀ unless σ₀ is its σ_max (then √(σ₀²+1)), and the
+# pipeline's leading schedule never starts at σ_max. So ComfyUI gets the noise × √(σ₀²+1)/σ₀.
+
+IMAGE_STEPS, IMAGE_SEED = 4, 11
+IMAGE_TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def pipeline_image(pipe, face):
+    """generate's final latents and decoded image, the sigmas of the scheduler it made (closing 0
+    included), its init_noise_sigma and its noise (the seeded CPU draw it makes)."""
+    made = []
+    make_scheduler = pipe.make_scheduler
+    pipe.make_scheduler = lambda kind: made.append(make_scheduler(kind)) or made[-1]
+    try:
+        latents = pipe.generate(face, PROMPT, NEGATIVE, seed=IMAGE_SEED, steps=IMAGE_STEPS, guidance=GUIDANCE,
+                                identity_strength=IDENTITY, adapter_strength=ADAPTER, enhance_face_region=True,
+                                output="latent")
+    finally:
+        del pipe.make_scheduler                      # the class's method again
+    scheduler, = made
+    return types.SimpleNamespace(latents=latents, image=pipe.decode(latents, "pt"),
+                                 sigmas=scheduler.sigmas.detach().clone().float(),
+                                 init_noise_sigma=float(scheduler.init_noise_sigma), noise=pipeline_noise(IMAGE_SEED))
+
+
+def pipeline_noise(seed: int) -> torch.Tensor:
+    """generate's unscaled initial noise for `seed` (randn_tensor on a seeded CPU generator)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    return randn_tensor((1, 4, SIZE // 8, SIZE // 8), generator=torch.Generator("cpu").manual_seed(seed),
+                        dtype=torch.float32)
+
+
+def comfy_sampled(comfy, model, positive, negative, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's euler KSAMPLER over `sigmas` from `noise` (empty latent, CFG 5) through a CFGGuider →
+    the final latents in the pipeline's space (ComfyUI's latent scaling undone)."""
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(GUIDANCE)
+    with torch.inference_mode():
+        samples = guider.sample(noise, torch.zeros_like(noise), comfy.samplers.ksampler("euler"), sigmas, seed=0,
+                                disable_pbar=True)
+    return model.model.process_latent_in(samples)
+
+
+@pytest.fixture(scope="module")
+def native_graph(native, pipe, face, comfy_unet, comfy_controlnet, adapter):
+    """Apply InstantID on ComfyUI's SDXL with the pipeline's own prompt encoding."""
+    positive, negative = comfy_conditioning(pipe)
+    return native.apply_instantid(comfy_unet, positive, negative, adapter, face, comfy_controlnet, IDENTITY, ADAPTER,
+                                  enhance_face_region=True)
+
+
+def start_scale(comfy, model, sigmas: torch.Tensor, init_noise_sigma: float) -> float:
+    """What ComfyUI's noise must be multiplied by to start where the pipeline starts."""
+    sampling = model.get_model_object("model_sampling")
+    sigma = float(sigmas[0])
+    assert sigma < float(sampling.sigma_max), "ComfyUI would scale by √(σ₀²+1) itself"
+    return init_noise_sigma / sigma
+
+
+def test_the_whole_image_equals_the_pipelines_with_its_sigmas_and_noise(comfy, pipe, native_graph, pipeline_image,
+                                                                         record_property):
+    model, positive, negative = native_graph
+    sigmas = pipeline_image.sigmas
+    scale = start_scale(comfy, model, sigmas, pipeline_image.init_noise_sigma)
+    ours = comfy_sampled(comfy, model, positive, negative, pipeline_image.noise * scale, sigmas)
+    latent_difference = (ours - pipeline_image.latents).abs().max().item()
+    image_difference = (pipe.decode(ours, "pt") - pipeline_image.image).abs().max().item()
+    record_property("latent_difference", latent_difference)
+    record_property("image_difference", image_difference)
+    print(f"\n{IMAGE_STEPS} steps, CFG {GUIDANCE}, sigmas {[round(s, 4) for s in sigmas.tolist()]}, noise × "
+          f"{pipeline_image.init_noise_sigma:.4f}/{float(sigmas[0]):.4f} = × {scale:.5f}: |native - pipeline| "
+          f"latents {latent_difference:.3g} (of {pipeline_image.latents.abs().max().item():.3g}), "
+          f"image {image_difference:.3g}")
+    assert latent_difference < IMAGE_TOLERANCE and image_difference < IMAGE_TOLERANCE
+    # the start scaling matters: ComfyUI's own (noise × σ₀) is another image
+    unscaled = comfy_sampled(comfy, model, positive, negative, pipeline_image.noise * 1.0, sigmas)
+    unscaled_difference = (unscaled - pipeline_image.latents).abs().max().item()
+    # and a different noise draw is not mistaken for the same image
+    other = comfy_sampled(comfy, model, positive, negative, pipeline_noise(IMAGE_SEED + 1) * scale, sigmas)
+    other_difference = (other - pipeline_image.latents).abs().max().item()
+    record_property("unscaled_noise_difference", unscaled_difference)
+    record_property("other_noise_difference", other_difference)
+    print(f"noise × σ₀ (ComfyUI's own start): latents {unscaled_difference:.3g}; another noise draw (seed "
+          f"{IMAGE_SEED + 1}): latents {other_difference:.3g}")
+    assert unscaled_difference > 100 * IMAGE_TOLERANCE
+    assert other_difference > 1000 * IMAGE_TOLERANCE
+
+
+def test_comfyuis_own_sdxl_schedules_give_other_images(comfy, pipe, native_graph, pipeline_image, record_property):
+    """KSampler's way: a scheduler on ComfyUI's SDXL model sampling, the noise scaled by ComfyUI.
+    'normal' and 'karras' start at σ_max (t = 999, noise × √(σ_max²+1)): other sigmas, other images.
+    'ddim_uniform' takes the pipeline's timesteps (leading spacing, offset 1) so its sigmas, but starts
+    from noise × σ₀ where the pipeline starts from noise × √(σ₀²+1)."""
+    model, positive, negative = native_graph
+    sampling = model.get_model_object("model_sampling")
+    figures = {}
+    for scheduler in ("normal", "karras", "ddim_uniform"):
+        sigmas = comfy.samplers.calculate_sigmas(sampling, scheduler, IMAGE_STEPS).float()
+        latents = comfy_sampled(comfy, model, positive, negative, pipeline_image.noise * 1.0, sigmas)
+        sigma_gap = ((sigmas - pipeline_image.sigmas).abs().max().item() if sigmas.shape == pipeline_image.sigmas.shape
+                     else float("inf"))
+        figures[scheduler] = (sigma_gap, (latents - pipeline_image.latents).abs().max().item(),
+                              (pipe.decode(latents, "pt") - pipeline_image.image).abs().max().item())
+        record_property(scheduler, figures[scheduler])
+        print(f"\n{scheduler}: sigmas {[round(s, 4) for s in sigmas.tolist()]} (pipeline "
+              f"{[round(s, 4) for s in pipeline_image.sigmas.tolist()]}), max sigma difference {sigma_gap:.3g}, "
+              f"|native - pipeline| latents {figures[scheduler][1]:.3g}, image {figures[scheduler][2]:.3g}")
+    for scheduler in ("normal", "karras"):
+        assert float(comfy.samplers.calculate_sigmas(sampling, scheduler, IMAGE_STEPS)[0]) == pytest.approx(
+            float(sampling.sigma_max), rel=1e-5)
+        assert figures[scheduler][0] > 1.0 and figures[scheduler][1] > 100 * IMAGE_TOLERANCE
+    sigma_gap, latent_gap, _ = figures["ddim_uniform"]
+    assert sigma_gap < 1e-5 * float(pipeline_image.sigmas[0]) and latent_gap > 100 * IMAGE_TOLERANCE
 
 
 # ---- (c) mutations ---------------------------------------------------------------------------------------
