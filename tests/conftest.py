@@ -44,8 +44,9 @@ TEST_NODES = Path(__file__).resolve().parent / "comfyui_test_nodes" / "charid_te
 
 
 def link_test_nodes(base) -> None:
-    """The test-only node folder (FLUX conditioning at the tiny text widths; DualCLIPLoader always builds
-    the full-size T5) into a test ComfyUI's custom_nodes, before it starts. Never part of the pack."""
+    """The test-only node folder (FLUX conditioning at the tiny text widths, SDXL conditioning: ComfyUI
+    builds T5 and SDXL's CLIPs only at full size) into a test ComfyUI's custom_nodes, before it starts.
+    Never part of the pack."""
     (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
     link = base / "custom_nodes" / TEST_NODES.name
     if not link.exists():
@@ -59,6 +60,16 @@ def native_files(tmp_path_factory):
     from instantcharacter_models import build_native_files
 
     return build_native_files(tmp_path_factory.mktemp("native-files"))
+
+
+@pytest.fixture(scope="session")
+def native_instantid_files(tmp_path_factory):
+    """The native InstantID files a real ComfyUI loads (an all-in-one SDXL checkpoint with the tiny UNet
+    and a real-size VAE, a LoRA, the IdentityNet in ComfyUI's original layout, the adapter, an SD 1.5
+    UNet), built once per session on first use."""
+    from instantid_models import build_native_comfy_files
+
+    return build_native_comfy_files(tmp_path_factory.mktemp("native-instantid-files"))
 
 
 @pytest.fixture(scope="session")

@@ -347,3 +347,103 @@ def build_native_instantid(root: Path) -> NativeInstantID:
     adapter.parent.mkdir(parents=True, exist_ok=True)
     torch.save(face_adapter_state(model, NATIVE_RESAMPLER), adapter)
     return NativeInstantID(root, checkpoint, unet_file, controlnet_folder, controlnet_ldm, adapter)
+
+
+# ---- native InstantID through a real ComfyUI: the files its own loaders take ------------------------
+#
+# CheckpointLoaderSimple builds SDXL's VAE and both CLIPs from fixed full-size configs (a VAE of another
+# width, or CLIPs of another MLP width, fail to load), so the all-in-one checkpoint holds the tiny UNet
+# and a real-size random SDXL VAE (0.08 B parameters) and no text encoders: ComfyUI then gives no CLIP
+# (CLIP-G alone is 0.7 B parameters) and the tests condition through the test-only SDXL node in
+# tests/comfyui_test_nodes.
+
+def native_sdxl_vae():
+    """SDXL's VAE at its released size (ComfyUI's fixed VAE config), random weights."""
+    from diffusers import AutoencoderKL
+
+    from instantcharacter_models import _filled_on_cpu
+
+    return _filled_on_cpu(lambda: AutoencoderKL(**config("sdxl_vae.json")))
+
+
+def sd15_unet():
+    """A small UNet ComfyUI detects as SD 1.5 (320 channels, 768-wide text, no added condition):
+    a MODEL that is not SDXL, for the refusal."""
+    from diffusers import UNet2DConditionModel
+
+    return fill(UNet2DConditionModel(sample_size=8, block_out_channels=(320, 320), layers_per_block=1,
+                                     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                     transformer_layers_per_block=(1, 1), cross_attention_dim=768,
+                                     attention_head_dim=8), seed=29)
+
+
+NATIVE_COMFY_NAMES = {"checkpoint": "sdxl-vega-tiny-all-in-one.safetensors", "lora": "sdxl-vega-tiny-lora.safetensors",
+                      "controlnet": "instantid-vega-tiny-ldm.safetensors", "adapter": "ip-adapter-vega-tiny.bin",
+                      "sd15_unet": "sd15-tiny-unet.safetensors"}
+NATIVE_COMFY_FOLDERS = {"checkpoint": "checkpoints", "lora": "loras", "controlnet": "controlnet",
+                        "adapter": "instantid", "sd15_unet": "diffusion_models"}
+
+
+def build_native_comfy_files(root: Path) -> dict[str, Path]:
+    """The native InstantID files a real ComfyUI loads (≈ 0.5 GB, fp16 as sd_xl_base_1.0 is): the
+    all-in-one checkpoint (UNet + VAE), a kohya LoRA on the UNet, the IdentityNet in ComfyUI's original
+    ControlNet layout, ip-adapter.bin, and an SD 1.5 UNet; key → path (keys of NATIVE_COMFY_NAMES)."""
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    paths = {key: root / name for key, name in NATIVE_COMFY_NAMES.items()}
+    comfy_utils, diffusers_convert = _comfy_modules()
+
+    def ldm_unet(unet_model) -> dict:                 # as ldm_checkpoint names the UNet, without the prefix
+        key_map = comfy_utils.unet_to_diffusers(comfy_unet_config(unet_model))
+        return {key_map[k]: v.half().contiguous() for k, v in unet_model.state_dict().items()}
+
+    model = native_unet()
+    checkpoint = {f"model.diffusion_model.{k}": v for k, v in ldm_unet(model).items()}
+    vae_state = diffusers_convert.convert_vae_state_dict(native_sdxl_vae().state_dict())
+    checkpoint.update({f"first_stage_model.{k}": v.half().contiguous() for k, v in vae_state.items()})
+    save_file(checkpoint, paths["checkpoint"])
+    del checkpoint, vae_state
+    save_file(lcm_lora_state(model), paths["lora"])
+    torch.save(face_adapter_state(model, NATIVE_RESAMPLER), paths["adapter"])
+    save_file({k: v.half().contiguous() for k, v in ldm_controlnet_state(native_controlnet()).items()},
+              paths["controlnet"])
+    save_file(ldm_unet(sd15_unet()), paths["sd15_unet"])
+    return paths
+
+
+def link_native_comfy_files(paths: dict[str, Path], models: Path) -> dict[str, str]:
+    """Symlink the files into a ComfyUI's model folders; returns the name each loader lists."""
+    for key, path in paths.items():
+        target = models / NATIVE_COMFY_FOLDERS[key] / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            target.symlink_to(path)
+    return {key: path.name for key, path in paths.items()}
+
+
+def native_workflow_on_tiny_files(prompt: dict, names: dict[str, str]) -> dict:
+    """The shipped native InstantID workflow (API format) made to run on the native tiny files (`names`:
+    link_native_comfy_files' answer) in a test ComfyUI: its loaders pointed at them, each CLIPTextEncode
+    replaced by the test-only TestSDXLConditioning node (the tiny checkpoint has no text encoders: SDXL's
+    CLIPs are 0.8 B parameters at the only size ComfyUI builds), a 64×64 latent and two steps. Everything
+    else, the face models and the face from the reference photo included, runs as shipped."""
+    out = json.loads(json.dumps(prompt))
+    encoders = 0
+    for node_id, node in sorted(out.items()):
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "CLIPTextEncode":
+            encoders += 1
+            out[node_id] = {"class_type": "TestSDXLConditioning", "inputs": {"seed": encoders}}
+        elif kind == "CheckpointLoaderSimple":
+            inputs["ckpt_name"] = names["checkpoint"]
+        elif kind == "ControlNetLoader":
+            inputs["control_net_name"] = names["controlnet"]
+        elif kind == "CharIDLoadInstantIDAdapter":
+            inputs["adapter"] = names["adapter"]
+        elif kind == "EmptyLatentImage":
+            inputs.update(width=64, height=64)
+        elif kind == "KSampler":
+            inputs["steps"] = 2
+    return out
