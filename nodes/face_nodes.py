@@ -1,22 +1,25 @@
 """Face nodes: load the antelopev2 face models once (their output feeds the InstantID loader and the
-nodes below), look at what face analysis finds in an image, and score how well any backend's images
-keep the reference's identity.
+nodes below), look at what face analysis finds in an image, score how well any backend's images
+keep the reference's identity, and make InstantID's face from numbers the user already has.
 
-Thin adapters over pipelines.local.faces and pipelines.identity.
+Thin adapters over pipelines.local.faces, pipelines.local.instantid.face_input and pipelines.identity.
 """
 from __future__ import annotations
 
 import json
+import os
 
 from comfy_api.latest import io
 
 from ..pipelines import image_batch_to_pil, pil_to_image_batch
 from . import model_files as files
-from .common import CATEGORY_ROOT, node_id
+from .common import CATEGORY_LOCAL, CATEGORY_ROOT, node_id
 from .generator_inputs import single_image
 
 CATEGORY_FACES = f"{CATEGORY_ROOT}/Faces"
 FaceModelsSocket = io.Custom("CHARID_FACE_MODELS")
+# a pipelines.local.instantid.conditioning.FaceConditioning: what every InstantID node takes as a face
+FaceSocket = io.Custom("CHARID_INSTANTID_FACE")
 
 
 class FaceModelsLoader(io.ComfyNode):
@@ -126,4 +129,100 @@ class IdentitySimilarityNode(io.ComfyNode):
         return io.NodeOutput([score.score for score in scores], "\n".join(lines), pil_to_image_batch(annotated))
 
 
-FACE_NODES = [FaceModelsLoader, FaceAnalysisNode, IdentitySimilarityNode]
+# ---- a precomputed face ----------------------------------------------------------------------------
+
+def embedding_files() -> list[str]:
+    """.npy and .safetensors files in ComfyUI's input folder and its sub-folders (where LoadImage's
+    photos are: users put their files there), as "sub/name.npy"."""
+    import folder_paths
+
+    from ..pipelines.local.instantid.face_input import EMBEDDING_EXTENSIONS
+
+    base = folder_paths.get_input_directory()
+    found = []
+    for root, _, names in os.walk(base, followlinks=True):
+        relative = os.path.relpath(root, base)
+        found += [name if relative == "." else f"{relative}/{name}".replace(os.sep, "/")
+                  for name in names if name.lower().endswith(EMBEDDING_EXTENSIONS)]
+    return sorted(found)
+
+
+def embedding_path(value) -> str:
+    """The path of a listed embedding file; FileNotFoundError naming the input and folder otherwise."""
+    import folder_paths
+
+    if isinstance(value, str) and not files.unsafe_name(value) and value in embedding_files():
+        return os.path.join(folder_paths.get_input_directory(), *value.split("/"))
+    where = folder_paths.get_input_directory()
+    if value is None or value == files.NONE_FOUND:
+        raise FileNotFoundError(f"embedding: no .npy or .safetensors file in {where}; save the embedding there")
+    raise FileNotFoundError(f"embedding: {value!r} is not a .npy or .safetensors file in {where}")
+
+
+class InstantIDFacePrecomputed(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("InstantIDFacePrecomputed"), display_name="InstantID Face (precomputed)",
+            category=CATEGORY_LOCAL,
+            description="InstantID's face from numbers you already have, without face analysis: a 512-value ArcFace "
+                        "embedding saved as .npy (numpy.save of insightface's face.embedding) or .safetensors in "
+                        "ComfyUI's input folder, the five keypoints and the box in pixels of an image of the size "
+                        "given. For Apply InstantID (native) and InstantID (local)'s face input.",
+            inputs=[
+                io.Combo.Input("embedding", options=files.or_none(embedding_files()),
+                               tooltip="A .npy or .safetensors file in ComfyUI's input folder holding the 512 "
+                                       "values of antelopev2's ArcFace embedding (as the recognizer gives it, "
+                                       "not normalised)."),
+                io.String.Input("keypoints", default="",
+                                tooltip="Ten numbers: x, y of the left eye, right eye, nose, left and right mouth "
+                                        "corner, in pixels, e.g. [[412.1, 380.5], [520.3, 377.9], ...] (the "
+                                        "'keypoints' of Analyze Face's info) or 412.1 380.5 520.3 ..."),
+                io.Int.Input("width", default=1024, min=8, max=16384,
+                             tooltip="Width of the image the keypoints were measured on."),
+                io.Int.Input("height", default=1024, min=8, max=16384,
+                             tooltip="Height of the image the keypoints were measured on."),
+                io.String.Input("bbox", default="", optional=True,
+                                tooltip="Optional: the face box x1, y1, x2, y2 in pixels (needed by "
+                                        "enhance_face_region)."),
+            ],
+            outputs=[FaceSocket.Output(display_name="face")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, embedding=None, keypoints=None, width=None, height=None, bbox=None) -> bool:
+        """At queue time, every problem at once, one line per input: the file (listed, its header an
+        array of 512 floats), the keypoints and box text, the size. A linked input (None here) is
+        checked when the node runs."""
+        from ..pipelines.local.instantid.face_input import (FaceInputError, embedding_file_problem, parse_box,
+                                                           parse_keypoints)
+
+        lines = []
+        if embedding is not None:
+            try:
+                problem = embedding_file_problem(embedding_path(embedding))
+            except FileNotFoundError as exc:
+                problem = str(exc)
+            lines += [problem] if problem else []
+        for value, parse in ((keypoints, parse_keypoints), (bbox, parse_box)):
+            if value is not None:
+                try:
+                    parse(value)
+                except FaceInputError as exc:
+                    lines.append(str(exc))
+        for name, value in (("width", width), ("height", height)):
+            if value is not None and not 8 <= value <= 16384:
+                lines.append(f"{name}: {value} is outside 8..16384")
+        if lines:
+            raise files.InputProblems(lines)
+        return True
+
+    @classmethod
+    def execute(cls, embedding, keypoints, width, height, bbox="") -> io.NodeOutput:
+        from ..pipelines.local.instantid.face_input import parse_box, parse_keypoints, precomputed_face, read_embedding
+
+        return io.NodeOutput(precomputed_face(read_embedding(embedding_path(embedding)), parse_keypoints(keypoints),
+                                              (width, height), parse_box(bbox)))
+
+
+FACE_NODES = [FaceModelsLoader, FaceAnalysisNode, IdentitySimilarityNode, InstantIDFacePrecomputed]

@@ -20,10 +20,10 @@ import torch
 from comfy_api.latest import io
 
 from ..pipelines.local.instantid import native as native_math
-from ..pipelines.local.instantid.conditioning import FaceConditioning, demo_resize, keypoint_image
+from ..pipelines.local.instantid.conditioning import FaceConditioning, keypoint_image
 from . import model_files as files
 from .common import CATEGORY_LOCAL, node_id
-from .face_nodes import FaceModelsSocket
+from .face_nodes import FaceModelsSocket, FaceSocket
 from .model_management import PipelineWeights
 from .native_instantcharacter import SharedPatch, use_comfy_cast_ops
 
@@ -235,29 +235,9 @@ def apply_instantid(model, positive, negative, adapter: LoadedFaceAdapter, face:
             with_identitynet(negative, control_net, hint, identity_strength, window, tokens[1:2], region_for))
 
 
-def face_from_images(analyzer, reference, pose=None) -> FaceConditioning:
-    """The all-in-one pipeline's face preparation (InstantIDPipeline.face_from_images): both photos
-    resized by the demo's rule, the identity from the reference's largest face, keypoints, box and
-    canvas from the pose photo's last face (or the reference)."""
-    from ..pipelines.local.faces import FaceAnalysisError
-
-    resized = demo_resize(reference.convert("RGB"))
-    identity = analyzer.largest_face(resized, "reference", shown_size=reference.size)
-    placed, canvas = identity, resized
-    if pose is not None:
-        canvas = demo_resize(pose.convert("RGB"))
-        found = analyzer.analyze(canvas)
-        if not found:
-            raise FaceAnalysisError(f"no face found in the pose image ({pose.width}x{pose.height}); use a photo "
-                                    "with a clearly visible face")
-        placed = found[-1]
-    return FaceConditioning(identity.embedding, placed.kps, canvas.size, placed.bbox)
-
-
 # ---- the nodes ------------------------------------------------------------------------------------------
 
 AdapterSocket = io.Custom("CHARID_INSTANTID_ADAPTER")
-FaceSocket = io.Custom("CHARID_INSTANTID_FACE")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 
 
@@ -296,7 +276,8 @@ class InstantIDFace(io.ComfyNode):
             node_id=node_id("InstantIDFace"), display_name="InstantID Face", category=CATEGORY_LOCAL,
             description="The face InstantID uses: the identity (ArcFace embedding) of the reference's largest face, "
                         "and the keypoints and box from the pose photo (else the reference), prepared as the "
-                        "all-in-one InstantID node prepares them.",
+                        "all-in-one InstantID node prepares them. For Apply InstantID (native) and the face input "
+                        "of InstantID (local).",
             inputs=[FaceModelsSocket.Input("face_models"), io.Image.Input("reference"),
                     io.Image.Input("pose", optional=True, tooltip="Where the face goes (its last face is used).")],
             outputs=[FaceSocket.Output(display_name="face")],
@@ -304,6 +285,7 @@ class InstantIDFace(io.ComfyNode):
 
     @classmethod
     def execute(cls, face_models, reference, pose=None) -> io.NodeOutput:
+        from ..pipelines.local.instantid.face_input import face_from_images
         from .generator_inputs import single_image
 
         pose_image = single_image(pose, "pose") if pose is not None else None

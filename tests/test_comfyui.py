@@ -31,6 +31,7 @@ PACK_NODES = {
     "CharIDFaceModelsLoader": "Character Identity/Faces",
     "CharIDFaceAnalysis": "Character Identity/Faces",
     "CharIDIdentitySimilarity": "Character Identity/Faces",
+    "CharIDInstantIDFacePrecomputed": "Character Identity/Local",
     "CharIDRouteLocalOrCloud": "Character Identity",
     "CharIDCompareResults": "Character Identity",
 }

@@ -29,7 +29,8 @@ from PIL import Image
 from ..caching import LRU
 from ..progress import StepInfo
 from .adapter import FaceAdapter, FaceContext, install_face_adapter
-from .conditioning import FaceConditioning, demo_resize, face_mask, keypoint_image
+from .conditioning import FaceConditioning, face_mask, keypoint_image
+from .face_input import face_from_images
 from .prompts import PromptEmbeddings, encode_weighted
 
 DEFAULTS = {"steps": 30, "guidance": 5.0, "identity_strength": 0.8, "adapter_strength": 0.8,
@@ -89,25 +90,13 @@ class InstantIDPipeline:
     # ---- faces ---------------------------------------------------------------------------
 
     def face_from_images(self, reference: Image.Image, pose: Image.Image | None = None) -> FaceConditioning:
-        """The demo's preparation: both photos resized by its rule; the identity from the largest
-        face of the reference; keypoints, box and output size from the pose photo (its last face, as
-        the demo takes it) or else from the reference."""
+        """The demo's preparation (face_input.face_from_images, shared with the InstantID Face node):
+        the identity from the reference's largest face; keypoints, box and output size from the pose
+        photo (its last face) or else from the reference."""
         if self.faces is None:
             raise ValueError("this InstantID pipeline was loaded without face models (antelopev2); pass a "
                              "precomputed face instead of images")
-        from ..faces import FaceAnalysisError
-
-        resized = demo_resize(reference.convert("RGB"))
-        identity = self.faces.largest_face(resized, "reference", shown_size=reference.size)
-        placed, canvas = identity, resized
-        if pose is not None:
-            canvas = demo_resize(pose.convert("RGB"))
-            found = self.faces.analyze(canvas)
-            if not found:
-                raise FaceAnalysisError(f"no face found in the pose image ({pose.width}x{pose.height}); use a photo "
-                                        "with a clearly visible face")
-            placed = found[-1]
-        return FaceConditioning(identity.embedding, placed.kps, canvas.size, placed.bbox)
+        return face_from_images(self.faces, reference, pose)
 
     # ---- encoders, cached ------------------------------------------------------------------
 
