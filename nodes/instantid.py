@@ -13,7 +13,7 @@ from comfy_api.latest import io
 
 from . import model_files as files
 from .common import CATEGORY_LOCAL, node_id
-from .face_nodes import FaceModelsSocket
+from .face_nodes import FaceModelsSocket, FaceSocket
 from .generator_inputs import Defaults, float_input, generator_schema, single_image
 from .local import LocalGeneratorNode, dtype_input, memory_mode_input, resolve_dtype
 from .model_management import ComfyModelManagement, InstantIDWeights
@@ -178,6 +178,9 @@ class InstantIDLocalNode(LocalGeneratorNode):
                 io.Boolean.Input("fast_mode", default=False, optional=True,
                                  tooltip="LCM-LoRA + LCM scheduler (choose the LoRA in the loader): use about 5 "
                                          "steps and guidance 1.5."),
+                FaceSocket.Input("face", optional=True,
+                                 tooltip="Optional: a face from InstantID Face or InstantID Face (precomputed), "
+                                         "used instead of analysing the reference (which is then not looked at)."),
             ],
         )
 
@@ -192,7 +195,8 @@ class InstantIDLocalNode(LocalGeneratorNode):
         pose_image = options.get("pose_image")
         return {"style": options["style"], "adapter_strength": options["adapter_strength"],
                 "enhance_face_region": options["enhance_face_region"], "fast_mode": options.get("fast_mode", False),
-                "pose_image": single_image(pose_image, "pose_image") if pose_image is not None else None}
+                "pose_image": single_image(pose_image, "pose_image") if pose_image is not None else None,
+                "face": options.get("face")}
 
 
 INSTANTID_NODES = [InstantIDLoader, InstantIDLocalNode]
