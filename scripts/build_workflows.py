@@ -348,6 +348,46 @@ WORKFLOWS = {
         "(FLUX.1-dev and the adapter are non-commercial releases); ComfyUI loads and offloads them as it does its "
         "own models. Weight 0 gives the model as it was; apply once per MODEL.",
     ),
+    "native_instantid": (
+        {
+            "load": ("LoadImage", [40, 700], {"image": REFERENCE}),
+            "faces": ("CharIDFaceModelsLoader", [40, 1100], {"antelopev2": "models/antelopev2"}),
+            "face": ("CharIDInstantIDFace", [380, 700], {}),
+            "checkpoint": ("CheckpointLoaderSimple", [40, 40], {"ckpt_name": "sd_xl_base_1.0.safetensors"}),
+            # bypassed until you pick your LoRA (select it and press Ctrl+B): a shared workflow cannot name one
+            "lora": ("LoraLoader", [40, 240], {"lora_name": "your_sdxl_lora.safetensors", "strength_model": 1.0,
+                                               "strength_clip": 1.0}, {"mode": 4}),
+            "controlnet": ("ControlNetLoader", [380, 860],
+                           {"control_net_name": "InstantID/ControlNetModel/diffusion_pytorch_model.safetensors"}),
+            "adapter": ("CharIDLoadInstantIDAdapter", [380, 1000], {"adapter": "ip-adapter.bin"}),
+            "positive": ("CLIPTextEncode", [380, 40], {"text": "portrait of the person as an astronaut, detailed "
+                                                               "helmet, soft studio light"}),
+            "negative": ("CLIPTextEncode", [380, 360], {"text": "lowres, low quality, watermark, text, deformed, "
+                                                               "blurry, out of focus"}),
+            "apply": ("CharIDApplyInstantID", [800, 40], {"identity_strength": 0.8, "adapter_strength": 0.8}),
+            "latent": ("EmptyLatentImage", [800, 700], {"width": 1024, "height": 1024, "batch_size": 1}),
+            "sample": ("KSampler", [1180, 40], {"seed": 42, "steps": 30, "cfg": 5.0, "sampler_name": "euler",
+                                               "scheduler": "normal", "denoise": 1.0}),
+            "decode": ("VAEDecode", [1540, 40], {}),
+            "save": ("SaveImage", [1780, 40], {"filename_prefix": "character_identity/instantid_native"}),
+        },
+        [("checkpoint", 0, "lora", "model"), ("checkpoint", 1, "lora", "clip"), ("lora", 0, "apply", "model"),
+         ("lora", 1, "positive", "clip"), ("lora", 1, "negative", "clip"), ("positive", 0, "apply", "positive"),
+         ("negative", 0, "apply", "negative"), ("adapter", 0, "apply", "adapter"), ("faces", 0, "face", "face_models"),
+         ("load", 0, "face", "reference"), ("face", 0, "apply", "face"), ("controlnet", 0, "apply", "control_net"),
+         ("apply", 0, "sample", "model"), ("apply", 1, "sample", "positive"), ("apply", 2, "sample", "negative"),
+         ("latent", 0, "sample", "latent_image"), ("sample", 0, "decode", "samples"),
+         ("checkpoint", 2, "decode", "vae"), ("decode", 0, "save", "images")],
+        "Native InstantID: your own SDXL MODEL (CheckpointLoaderSimple here; UNETLoader or an SDXL fine-tune work "
+        "the same) with InstantID's face adapter patched in by Apply InstantID (native), and the IdentityNet as your "
+        "ControlNet (ControlNetLoader takes InstantX's ControlNetModel/diffusion_pytorch_model.safetensors as "
+        "released, in models/controlnet/InstantID/ControlNetModel/) on the conditioning; sampled by ComfyUI's "
+        "KSampler (cfg 5, 30 steps, as the InstantID demo). InstantID Face takes the identity from the reference's "
+        "largest face (antelopev2) and its keypoints from the pose photo if you connect one. The LoRA node is "
+        "bypassed: pick your SDXL LoRA and un-bypass it (Ctrl+B), or leave it. Needs the files in the README's Model "
+        "files section (the InstantID weights and antelopev2 are non-commercial research releases). Strengths 0 give "
+        "the model as it was; apply once per MODEL.",
+    ),
 }
 
 BUILD_JS = """([nodes, links, note, pack, coreVersion]) => {

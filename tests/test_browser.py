@@ -228,7 +228,8 @@ def saved_outputs(comfyui, entry) -> list[Image.Image]:
 
 WORKFLOWS = ["prepare_character_reference", "cloud_providers_side_by_side", "cloud_wavespeed_instantcharacter",
              "cloud_fal_instantcharacter", "cloud_segmind_instantid", "local_instantcharacter", "local_instantid",
-             "compare_backends", "hybrid_local_and_cloud", "route_local_or_cloud", "native_instantcharacter"]
+             "compare_backends", "hybrid_local_and_cloud", "route_local_or_cloud", "native_instantcharacter",
+             "native_instantid"]
 # what the workflows load: the example the pack puts into ComfyUI's input folder (the README names it)
 README_INPUTS = {"character_identity_example.png"}
 
@@ -304,6 +305,8 @@ MISSING_MODELS = {
         ("diffusion_models", "flux1-dev.safetensors"), ("vae", "ae.safetensors"),
         ("text_encoders", "clip_l.safetensors"), ("text_encoders", "t5xxl_fp16.safetensors"),
         ("instantcharacter", "instantcharacter_ip-adapter.bin")]),
+    # the IdentityNet (models/controlnet/InstantID/ControlNetModel/...) sits in a subfolder: no metadata
+    "native_instantid": sorted([("checkpoints", "sd_xl_base_1.0.safetensors"), ("instantid", "ip-adapter.bin")]),
 }
 
 
@@ -326,7 +329,8 @@ def test_a_workflow_names_the_pack_and_where_each_model_file_comes_from(name):
     loaders = {node["type"] for node in nodes}
     expected_files = [file for workflow, loader in [("local_instantcharacter", "CharIDInstantCharacterLoader"),
                                                     ("local_instantid", "CharIDInstantIDLoader"),
-                                                    ("native_instantcharacter", "CharIDApplyInstantCharacter")]
+                                                    ("native_instantcharacter", "CharIDApplyInstantCharacter"),
+                                                    ("native_instantid", "CharIDApplyInstantID")]
                       if loader in loaders for file in MISSING_MODELS[workflow]]
     assert sorted((model["directory"], model["name"]) for model in models) == sorted(expected_files)
 
@@ -410,6 +414,28 @@ def test_the_native_instantcharacter_workflow_converts_and_runs(page, comfyui, n
     assert "LoraLoaderModelOnly" not in {node["class_type"] for node in converted.values()}
     prompt = tiny.native_workflow_on_tiny_files(use_reference(converted, uploaded_reference(comfyui, "rgba_png")),
                                                 names)
+    entry = comfyui.run(prompt, timeout=600)
+    [image] = saved_outputs(comfyui, entry)
+    assert image.size == (64, 64)
+    assert page.pack_errors == []
+
+
+def test_the_native_instantid_workflow_converts_and_runs(page, comfyui, native_instantid_files):
+    """Converted by the frontend, then run on the native tiny files (an SDXL checkpoint ComfyUI's
+    CheckpointLoaderSimple takes, the IdentityNet in ComfyUI's original layout) with a photo the tiny face
+    detector finds a face in, each CLIPTextEncode swapped for the test-only conditioning node
+    (instantid_models.native_workflow_on_tiny_files). The LoRA node ships bypassed, so the converted
+    prompt has none."""
+    import face_models
+    import instantid_models
+
+    names = instantid_models.link_native_comfy_files(native_instantid_files, comfyui.base / "models")
+    converted = load_and_convert(page, "native_instantid")
+    assert "LoraLoader" not in {node["class_type"] for node in converted.values()}
+    buffer = io.BytesIO()
+    face_models.scene((120, 50, 230, 170), size=(320, 240)).save(buffer, "PNG")
+    reference = comfyui.upload_image(buffer.getvalue(), "character_reference_face.png")
+    prompt = instantid_models.native_workflow_on_tiny_files(use_reference(converted, reference), names)
     entry = comfyui.run(prompt, timeout=600)
     [image] = saved_outputs(comfyui, entry)
     assert image.size == (64, 64)

@@ -107,14 +107,20 @@ def quick(prompt: dict) -> dict:
 def test_every_shipped_workflow_runs_with_no_upload(comfyui, emulators, name, request):
     """As shipped (only the local generators' steps and size made small for the tiny test models):
     the cloud ones against the emulators, the local ones on the tiny models under the real names. The
-    native InstantCharacter workflow runs on the native tiny files, its text encoding swapped for the
-    test-only conditioning node (instantcharacter_models.native_workflow_on_tiny_files says why)."""
+    native workflows run on the native tiny files, their text encoding swapped for the test-only
+    conditioning nodes (instantcharacter_models / instantid_models.native_workflow_on_tiny_files say why)."""
     prompt = quick(api_twin(name))
     if name == "native_instantcharacter":
         import instantcharacter_models as tiny
 
         names = tiny.link_native_files(request.getfixturevalue("native_files"), comfyui.base / "models")
         prompt = tiny.native_workflow_on_tiny_files(prompt, names)
+    if name == "native_instantid":
+        import instantid_models
+
+        names = instantid_models.link_native_comfy_files(request.getfixturevalue("native_instantid_files"),
+                                                         comfyui.base / "models")
+        prompt = instantid_models.native_workflow_on_tiny_files(prompt, names)
     entry = comfyui.run(prompt, timeout=600)
     assert entry["status"]["status_str"] == "success", entry["status"]
     assert any("images" in output or "text" in output for output in entry["outputs"].values())
