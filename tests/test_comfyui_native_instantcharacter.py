@@ -184,6 +184,17 @@ def test_fp8_weights_from_unetloader_run(native_server):
     assert image_of(native_server, entry).std() > 1
 
 
+def test_a_lora_after_apply_gives_the_image_a_lora_before_gives(native_server, images):
+    # LoRA weight patches and the InstantCharacter patch live side by side on the cloned MODEL: the order
+    # of LoraLoaderModelOnly and Apply does not matter
+    prompt = native_graph(native_server)
+    prompt["5"]["inputs"]["model"] = ["1", 0]
+    prompt["3"]["inputs"]["model"] = ["5", 0]
+    prompt["8"]["inputs"]["model"] = ["3", 0]
+    after = image_of(native_server, native_server.run(prompt, timeout=600))
+    assert np.array_equal(after, images["character"][0])
+
+
 def test_scaled_fp8_weights_from_unetloader_run(native_server):
     """An "fp8 scaled" FLUX file (fp8 block weights with per-tensor scale_weight, the scaled_fp8 marker)
     through UNETLoader: ComfyUI's scaled-fp8 layers compute the patched blocks; the character still
