@@ -56,6 +56,9 @@ MODEL_SOURCES = {
     "sd_xl_base_1.0.safetensors": (
         "checkpoints", f"{HUGGING_FACE}/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors"),
     "ip-adapter.bin": ("instantid", f"{HUGGING_FACE}/InstantX/InstantID/resolve/main/ip-adapter.bin"),
+    # the IdentityNet as one file for ControlNetLoader, where the all-in-one loader's folder keeps it
+    "InstantID/ControlNetModel/diffusion_pytorch_model.safetensors": (
+        "controlnet", f"{HUGGING_FACE}/InstantX/InstantID/resolve/main/ControlNetModel/diffusion_pytorch_model.safetensors"),
 }
 
 

@@ -292,7 +292,15 @@ MODEL_REPOSITORIES = {
     "t5xxl_fp16.safetensors": "comfyanonymous/flux_text_encoders",
     "instantcharacter_ip-adapter.bin": "Tencent/InstantCharacter",
     "sd_xl_base_1.0.safetensors": "stabilityai/stable-diffusion-xl-base-1.0", "ip-adapter.bin": "InstantX/InstantID",
+    "InstantID/ControlNetModel/diffusion_pytorch_model.safetensors": "InstantX/InstantID",
 }
+# a file kept in a subfolder of its ComfyUI folder: its path in the repository (default: its name)
+REPOSITORY_PATHS = {"InstantID/ControlNetModel/diffusion_pytorch_model.safetensors":
+                    "ControlNetModel/diffusion_pytorch_model.safetensors"}
+
+
+def model_url(name: str) -> str:
+    return f"https://huggingface.co/{MODEL_REPOSITORIES[name]}/resolve/main/{REPOSITORY_PATHS.get(name, name)}"
 # the files each local workflow's loaders name, by ComfyUI model folder (folders such as SigLIP, DINOv2,
 # the IdentityNet and antelopev2 are no single download: no metadata, and the frontend lists no folder)
 MISSING_MODELS = {
@@ -305,8 +313,8 @@ MISSING_MODELS = {
         ("diffusion_models", "flux1-dev.safetensors"), ("vae", "ae.safetensors"),
         ("text_encoders", "clip_l.safetensors"), ("text_encoders", "t5xxl_fp16.safetensors"),
         ("instantcharacter", "instantcharacter_ip-adapter.bin")]),
-    # the IdentityNet (models/controlnet/InstantID/ControlNetModel/...) sits in a subfolder: no metadata
-    "native_instantid": sorted([("checkpoints", "sd_xl_base_1.0.safetensors"), ("instantid", "ip-adapter.bin")]),
+    "native_instantid": sorted([("checkpoints", "sd_xl_base_1.0.safetensors"), ("instantid", "ip-adapter.bin"),
+                                ("controlnet", "InstantID/ControlNetModel/diffusion_pytorch_model.safetensors")]),
 }
 
 
@@ -325,7 +333,7 @@ def test_a_workflow_names_the_pack_and_where_each_model_file_comes_from(name):
                 expected[1] or node["properties"]["ver"]), node["type"]
     models = [model for node in nodes for model in node["properties"].get("models", [])]
     for model in models:
-        assert model["url"] == f"https://huggingface.co/{MODEL_REPOSITORIES[model['name']]}/resolve/main/{model['name']}"
+        assert model["url"] == model_url(model["name"])
     loaders = {node["type"] for node in nodes}
     expected_files = [file for workflow, loader in [("local_instantcharacter", "CharIDInstantCharacterLoader"),
                                                     ("local_instantid", "CharIDInstantIDLoader"),
@@ -833,7 +841,7 @@ def page_without_models(comfyui, page, tmp_path_factory, emulator_servers):
         server.stop()
 
 
-@pytest.mark.parametrize("name", ["local_instantcharacter", "local_instantid"])
+@pytest.mark.parametrize("name", ["local_instantcharacter", "local_instantid", "native_instantid"])
 def test_a_local_workflow_opened_without_its_files_lists_each_with_its_folder_and_link(page_without_models, name):
     """The frontend's own missing-models warning (on by default in both: Comfy.Workflow.ShowMissingModelsWarning,
     Comfy.RightSidePanel.ShowErrorsTab) names every single-file model with where it goes and where to get it."""
@@ -855,5 +863,5 @@ def test_a_local_workflow_opened_without_its_files_lists_each_with_its_folder_an
     shown = page.evaluate(MISSING_MODELS_SHOWN_JS, True)
     assert shown is not None, "no missing-models warning"
     assert sorted((directory, file, link.replace("/blob/", "/resolve/")) for directory, file, link in shown) == [
-        (directory, file, f"https://huggingface.co/{MODEL_REPOSITORIES[file]}/resolve/main/{file}")
+        (directory, file, model_url(file))
         for directory, file in MISSING_MODELS[name]]
