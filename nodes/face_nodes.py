@@ -140,8 +140,10 @@ def embedding_files() -> list[str]:
 
     base = folder_paths.get_input_directory()
     found = []
-    for root, _, names in os.walk(base, followlinks=True):
+    for root, dirs, names in os.walk(base):          # links not followed: a loop would never end
         relative = os.path.relpath(root, base)
+        if relative != "." and relative.count(os.sep) >= 1:
+            dirs.clear()                             # input/, its folders and theirs
         found += [name if relative == "." else f"{relative}/{name}".replace(os.sep, "/")
                   for name in names if name.lower().endswith(EMBEDDING_EXTENSIONS)]
     return sorted(found)
