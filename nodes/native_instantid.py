@@ -169,10 +169,13 @@ def region_masked(control, region_for):
 
 
 def with_identitynet(conditioning, control_net, hint, strength: float, percent_range: tuple[float, float],
-                     face_tokens: torch.Tensor, region_for=None):
+                     face_tokens: torch.Tensor, region_for=None, made: dict[int, Any] | None = None):
     """The conditioning with the IdentityNet set on every entry (chained after any ControlNet already
-    there, as ControlNetApplyAdvanced chains), its cross-attention context the face tokens."""
-    made: dict[int, Any] = {}
+    there, as ControlNetApplyAdvanced chains), its cross-attention context the face tokens. `made`
+    shared between positive and negative gives both the same ControlNet object, as
+    ControlNetApplyAdvanced does: ComfyUI batches cond and uncond only when their ControlNet is one
+    object (each keeps its own face tokens, which travel in the conditioning)."""
+    made = {} if made is None else made
     out = []
     for text, options in conditioning:
         options = options.copy()
@@ -231,8 +234,10 @@ def apply_instantid(model, positive, negative, adapter: LoadedFaceAdapter, face:
     tokens = branch.tokens(torch.device("cpu"))
     region_for = branch.region_mask if (enhance_face_region or region is not None) else None
     window = (start_percent, end_percent)
-    return (patched, with_identitynet(positive, control_net, hint, identity_strength, window, tokens[0:1], region_for),
-            with_identitynet(negative, control_net, hint, identity_strength, window, tokens[1:2], region_for))
+    made: dict[int, Any] = {}
+    return (patched, with_identitynet(positive, control_net, hint, identity_strength, window, tokens[0:1], region_for,
+                                      made),
+            with_identitynet(negative, control_net, hint, identity_strength, window, tokens[1:2], region_for, made))
 
 
 # ---- the nodes ------------------------------------------------------------------------------------------

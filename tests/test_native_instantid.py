@@ -236,11 +236,33 @@ def test_outside_the_window_neither_applies(comfy, native, pipe, face, comfy_une
     plain = comfy_denoised(comfy, comfy_unet, positive, negative, latents, sigma)
     late = native_denoised(comfy, native, pipe, face, comfy_unet, comfy_controlnet, adapter, latents, sigma,
                            start_percent=0.9, end_percent=1.0)
-    # neither adds anything; cond and uncond then run as two batches (two ControlNet objects), so
-    # equal up to float summation order, not bit for bit
+    # neither adds anything; cond and uncond then carry a ControlNet object (inactive), so equal up to
+    # float summation order, not bit for bit
     assert (late - plain).abs().max() < tolerance(plain)
     inside = native_denoised(comfy, native, pipe, face, comfy_unet, comfy_controlnet, adapter, latents, sigma)
     assert (inside - plain).abs().max() > 1000 * tolerance(plain)
+
+
+def test_cond_and_uncond_share_the_identitynet_and_run_as_one_batch(comfy, native, pipe, face, comfy_unet,
+                                                                     comfy_controlnet, adapter):
+    """ComfyUI batches cond and uncond only when their ControlNet is one object (as its Apply ControlNet
+    sets it): one UNet call of batch 2 per step, as the pipeline's, not two of batch 1."""
+    latents, sigma, reference = pipeline_step(pipe, face, 2)
+    positive, negative = comfy_conditioning(pipe)
+    patched, positive, negative = native.apply_instantid(comfy_unet, positive, negative, adapter, face,
+                                                         comfy_controlnet, IDENTITY, ADAPTER, enhance_face_region=True)
+    assert positive[0][1]["control"] is negative[0][1]["control"]
+    calls = []
+
+    def counting(apply_model, args):
+        calls.append((args["input"].shape[0], sorted(args["cond_or_uncond"])))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    counted = patched.clone()
+    counted.set_model_unet_function_wrapper(counting)
+    ours = comfy_denoised(comfy, counted, positive, negative, latents, sigma)
+    assert calls == [(2, [0, 1])]
+    assert (ours - reference).abs().max() < tolerance(reference)
 
 
 def test_apply_leaves_the_given_model_and_conditioning_as_they_were(native, pipe, face, comfy_unet, comfy_controlnet,
