@@ -8,15 +8,16 @@
 #   scripts/gpu_benchmarks.sh run [--tiny]
 #       on the GPU machine, with .device carried: installs the wheels into a temporary folder, then
 #       prints local InstantCharacter and InstantID at full size (1024², 28 / 30 steps) for each
-#       memory mode and weight format, with the reference pipelines, and native InstantCharacter
-#       (ComfyUI's own FLUX, bf16 / fp8 weights) through ComfyUI's sampler. --tiny checks it all on a CPU.
+#       memory mode and weight format, with the reference pipelines, native InstantCharacter
+#       (ComfyUI's own FLUX, bf16 / fp8 weights) and native InstantID (ComfyUI's own SDXL, fp16, with and
+#       without it) through ComfyUI's sampler. --tiny checks it all on a CPU.
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 DEVICE_DIR="$REPO_ROOT/.device"
 
 case "${1:-}" in
 prepare)
-  [ $# -eq 3 ] || { sed -n 2,13p "$0"; exit 2; }
+  [ $# -eq 3 ] || { sed -n 2,14p "$0"; exit 2; }
   PY="$REPO_ROOT/.comfyui/venv/bin/python"
   rm -rf "$DEVICE_DIR" && mkdir -p "$DEVICE_DIR/wheels" "$DEVICE_DIR/InstantCharacter" "$DEVICE_DIR/InstantID" \
     "$DEVICE_DIR/tokenizers"
@@ -28,9 +29,11 @@ prepare)
   cp -r "$COMFY/sd1_tokenizer" "$COMFY/text_encoders/t5_tokenizer" "$DEVICE_DIR/tokenizers/"
   # ComfyUI's own code for the native benchmark (its sampler and model management in-process), and
   # the packages it needs beyond torch and transformers
-  # (without its tokenizer folders, 19 MiB the benchmark does not read)
+  # (without its text tokenizer folders, 19 MiB the benchmarks do not read; comfy/ldm/cosmos/cosmos_tokenizer
+  # is code that comfy.sd imports)
   mkdir -p "$DEVICE_DIR/comfyui/ComfyUI"
-  (cd "$REPO_ROOT/.comfyui/ComfyUI" && tar -c --exclude='*_tokenizer' --exclude=__pycache__ comfy comfy_api \
+  (cd "$REPO_ROOT/.comfyui/ComfyUI" && tar -c --exclude='comfy/text_encoders/*_tokenizer' \
+    --exclude='comfy/sd1_tokenizer' --exclude=__pycache__ comfy comfy_api \
     comfy_execution comfy_extras utils folder_paths.py node_helpers.py latent_preview.py comfyui_version.py \
     protocol.py | tar -x -C "$DEVICE_DIR/comfyui/ComfyUI")
   "$PY" -m pip download --quiet --no-deps -d "$DEVICE_DIR/wheels" -c "$REPO_ROOT/scripts/constraints.txt" \
@@ -50,11 +53,13 @@ run)
     IC=(--scale tiny --device cpu --dtype fp32 --size 64 --steps 3)
     NATIVE=(--scale tiny --device cpu --dtype fp32 --size 64 --steps 3)
     ID=(--device cpu --dtype bf16 --size 128 --steps 2 --repeat 1 --memory-mode resident)
+    NATIVE_ID=(--scale tiny --device cpu --dtype fp32 --size 64 --steps 2 --repeat 1)
   else
     "$PY" -c "import torch; print(torch.cuda.get_device_name(), torch.__version__)"
     IC=(--device cuda --dtype bf16)
     NATIVE=(--device cuda --dtype bf16)
     ID=(--device cuda --dtype fp16)
+    NATIVE_ID=(--device cuda --dtype fp16)
   fi
   echo "== local InstantCharacter"
   "$PY" "$REPO_ROOT/benchmarks/local_instantcharacter.py" --full-size "${IC[@]}" \
@@ -64,7 +69,9 @@ run)
   echo "== local InstantID"
   "$PY" "$REPO_ROOT/benchmarks/local_instantid.py" --full-size "${ID[@]}" \
     --reference "$DEVICE_DIR/InstantID" --tokenizer "${TOKENIZERS[0]}"
+  echo "== native InstantID (ComfyUI's SDXL MODEL patched + the IdentityNet as its ControlNet, ComfyUI's sampler)"
+  COMFYUI_DIR="$DEVICE_DIR/comfyui" "$PY" "$REPO_ROOT/benchmarks/native_instantid.py" --full-size "${NATIVE_ID[@]}"
   ;;
 *)
-  sed -n 2,13p "$0"; exit 2 ;;
+  sed -n 2,14p "$0"; exit 2 ;;
 esac
