@@ -3,14 +3,20 @@
 # transformers but no package registry). Two steps:
 #
 #   scripts/gpu_benchmarks.sh prepare <InstantCharacter checkout> <InstantID checkout>
-#       here: wheels (diffusers, gguf, bitsandbytes), the reference code (pipeline and model files
-#       only; never committed) and ComfyUI's tokenizers into .device/ (git-ignored, < 64 MiB)
-#   scripts/gpu_benchmarks.sh run [--tiny]
-#       on the GPU machine, with .device carried: installs the wheels into a temporary folder, then
-#       prints local InstantCharacter and InstantID at full size (1024², 28 / 30 steps) for each
-#       memory mode and weight format, with the reference pipelines, native InstantCharacter
-#       (ComfyUI's own FLUX, bf16 / fp8 weights) and native InstantID (ComfyUI's own SDXL, fp16, with and
-#       without it) through ComfyUI's sampler. --tiny checks it all on a CPU.
+#       here: into .device/ (git-ignored): wheels/ (diffusers, gguf, einops, torchsde, trampoline), nf4/
+#       (bitsandbytes, 41 MiB), pyav/ (PyAV for Python 3.12, 34 MiB: ComfyUI's comfy_api imports it and
+#       the GPU machine's image lacks it), the reference code (pipeline and model files only; never
+#       committed), ComfyUI's tokenizers and ComfyUI's own code. Together they exceed the 64 MiB a call
+#       carries, so the run is two calls, each carrying only its part:
+#   scripts/gpu_benchmarks.sh run local [--tiny]
+#       carry .device/wheels .device/nf4 .device/InstantCharacter .device/InstantID .device/tokenizers:
+#       local InstantCharacter and InstantID at full size (1024², 28 / 30 steps) for each memory mode
+#       and weight format, with the reference pipelines
+#   scripts/gpu_benchmarks.sh run native [--tiny]
+#       carry .device/wheels .device/pyav .device/comfyui: native InstantCharacter (ComfyUI's own FLUX,
+#       bf16 / fp8 weights) and native InstantID (ComfyUI's own SDXL, fp16, with and without it)
+#       through ComfyUI's sampler
+#   (run all [--tiny]: both, where everything is at hand, e.g. the --tiny check on a CPU)
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 DEVICE_DIR="$REPO_ROOT/.device"
@@ -19,10 +25,15 @@ case "${1:-}" in
 prepare)
   [ $# -eq 3 ] || { sed -n 2,14p "$0"; exit 2; }
   PY="$REPO_ROOT/.comfyui/venv/bin/python"
-  rm -rf "$DEVICE_DIR" && mkdir -p "$DEVICE_DIR/wheels" "$DEVICE_DIR/InstantCharacter" "$DEVICE_DIR/InstantID" \
-    "$DEVICE_DIR/tokenizers"
+  rm -rf "$DEVICE_DIR" && mkdir -p "$DEVICE_DIR/wheels" "$DEVICE_DIR/nf4" "$DEVICE_DIR/pyav" \
+    "$DEVICE_DIR/InstantCharacter" "$DEVICE_DIR/InstantID" "$DEVICE_DIR/tokenizers"
   "$PY" -m pip download --quiet --no-deps -d "$DEVICE_DIR/wheels" -c "$REPO_ROOT/scripts/constraints.txt" \
-    diffusers gguf bitsandbytes
+    diffusers gguf
+  "$PY" -m pip download --quiet --no-deps -d "$DEVICE_DIR/nf4" -c "$REPO_ROOT/scripts/constraints.txt" bitsandbytes
+  # the GPU machine runs Python 3.12: PyAV's compiled wheel for it (abi3)
+  "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d "$DEVICE_DIR/pyav" \
+    -c "$REPO_ROOT/scripts/constraints.txt" av
   cp -r "$2/pipeline.py" "$2/models" "$DEVICE_DIR/InstantCharacter/"
   (cd "$3" && cp -r --parents pipeline_stable_diffusion_xl_instantid_full.py ip_adapter "$DEVICE_DIR/InstantID/")
   COMFY="$REPO_ROOT/.comfyui/ComfyUI/comfy"
@@ -39,14 +50,19 @@ prepare)
   "$PY" -m pip download --quiet --no-deps -d "$DEVICE_DIR/wheels" -c "$REPO_ROOT/scripts/constraints.txt" \
     einops torchsde trampoline
   find "$DEVICE_DIR" -name __pycache__ -prune -exec rm -rf {} +
-  du -sh "$DEVICE_DIR"
-  echo "carry .device with the run: scripts/gpu_benchmarks.sh run"
+  du -sh "$DEVICE_DIR"/*
+  echo "then: scripts/gpu_benchmarks.sh run local, and run native, each carrying its part (see the header)"
   ;;
 run)
+  PART="${2:-}"
+  case "$PART" in local|native|all) shift ;; *) sed -n 2,21p "$0"; exit 2 ;; esac
   [ -d "$DEVICE_DIR/wheels" ] || { echo ".device is missing: run 'prepare' here and carry it"; exit 2; }
   PY="${PYTHON:-python3}"
   LIB="$(mktemp -d)"
-  "$PY" -m pip install --quiet --no-index --no-deps --target "$LIB" "$DEVICE_DIR"/wheels/*.whl
+  WHEELS=("$DEVICE_DIR"/wheels/*.whl)
+  if [ "$PART" != native ]; then WHEELS+=("$DEVICE_DIR"/nf4/*.whl); fi
+  if [ "$PART" != local ] && ! "$PY" -c "import av" 2>/dev/null; then WHEELS+=("$DEVICE_DIR"/pyav/*.whl); fi
+  "$PY" -m pip install --quiet --no-index --no-deps --target "$LIB" "${WHEELS[@]}"
   export PYTHONPATH="$LIB:$REPO_ROOT" HF_HUB_OFFLINE=1
   TOKENIZERS=("$DEVICE_DIR/tokenizers/sd1_tokenizer" "$DEVICE_DIR/tokenizers/t5_tokenizer")
   if [ "${2:-}" = "--tiny" ]; then
@@ -61,16 +77,20 @@ run)
     ID=(--device cuda --dtype fp16)
     NATIVE_ID=(--device cuda --dtype fp16)
   fi
-  echo "== local InstantCharacter"
-  "$PY" "$REPO_ROOT/benchmarks/local_instantcharacter.py" --full-size "${IC[@]}" \
-    --reference "$DEVICE_DIR/InstantCharacter" --tokenizers "${TOKENIZERS[@]}"
-  echo "== native InstantCharacter (ComfyUI's FLUX MODEL patched, ComfyUI's sampler)"
-  COMFYUI_DIR="$DEVICE_DIR/comfyui" "$PY" "$REPO_ROOT/benchmarks/native_instantcharacter.py" --full-size "${NATIVE[@]}"
-  echo "== local InstantID"
-  "$PY" "$REPO_ROOT/benchmarks/local_instantid.py" --full-size "${ID[@]}" \
-    --reference "$DEVICE_DIR/InstantID" --tokenizer "${TOKENIZERS[0]}"
-  echo "== native InstantID (ComfyUI's SDXL MODEL patched + the IdentityNet as its ControlNet, ComfyUI's sampler)"
-  COMFYUI_DIR="$DEVICE_DIR/comfyui" "$PY" "$REPO_ROOT/benchmarks/native_instantid.py" --full-size "${NATIVE_ID[@]}"
+  if [ "$PART" != native ]; then
+    echo "== local InstantCharacter"
+    "$PY" "$REPO_ROOT/benchmarks/local_instantcharacter.py" --full-size "${IC[@]}" \
+      --reference "$DEVICE_DIR/InstantCharacter" --tokenizers "${TOKENIZERS[@]}"
+    echo "== local InstantID"
+    "$PY" "$REPO_ROOT/benchmarks/local_instantid.py" --full-size "${ID[@]}" \
+      --reference "$DEVICE_DIR/InstantID" --tokenizer "${TOKENIZERS[0]}"
+  fi
+  if [ "$PART" != local ]; then
+    echo "== native InstantCharacter (ComfyUI's FLUX MODEL patched, ComfyUI's sampler)"
+    COMFYUI_DIR="$DEVICE_DIR/comfyui" "$PY" "$REPO_ROOT/benchmarks/native_instantcharacter.py" --full-size "${NATIVE[@]}"
+    echo "== native InstantID (ComfyUI's SDXL MODEL patched + the IdentityNet as its ControlNet, ComfyUI's sampler)"
+    COMFYUI_DIR="$DEVICE_DIR/comfyui" "$PY" "$REPO_ROOT/benchmarks/native_instantid.py" --full-size "${NATIVE_ID[@]}"
+  fi
   ;;
 *)
   sed -n 2,14p "$0"; exit 2 ;;
