@@ -24,45 +24,15 @@ Needs the ComfyUI of COMFYUI_DIR (default .comfyui) importable in this process.
 """
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
 import tempfile
-import types
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT / "tests"), str(REPO_ROOT)]
 
+from native_common import import_comfyui, import_native, parse_arguments  # noqa: E402  (benchmarks/)
 from timing import timed  # noqa: E402  (benchmarks/, the script's own folder)
-
-
-def import_comfyui(on_cpu: bool = True):
-    from comfyui_server import comfyui_dir
-
-    path = str(comfyui_dir() / "ComfyUI")
-    if path not in sys.path:
-        sys.path.append(path)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = on_cpu
-    import comfy.model_detection  # noqa: F401
-    import comfy.model_patcher  # noqa: F401
-    import comfy.samplers  # noqa: F401
-    import comfy.utils  # noqa: F401
-
-    return comfy
-
-
-def import_native():
-    """nodes/native_instantcharacter.py inside a package holding nodes/ and pipelines/, as ComfyUI
-    imports the pack (without registering every node)."""
-    for name, folder in (("charid_native_bench", REPO_ROOT), ("charid_native_bench.nodes", REPO_ROOT / "nodes")):
-        if name not in sys.modules:
-            package = types.ModuleType(name)
-            package.__path__ = [str(folder)]
-            sys.modules[name] = package
-    return importlib.import_module("charid_native_bench.nodes.native_instantcharacter")
 
 
 def comfy_flux_from_file(comfy, path, heads: int, dtype, device):
@@ -89,7 +59,7 @@ def cpu(args) -> None:
     from pipelines.local.instantcharacter.loading import FluxFiles, InstantCharacterFiles, build_pipeline
 
     comfy = import_comfyui()
-    native = import_native()
+    native = import_native("native_instantcharacter")
     cpu_device = torch.device("cpu")
     files = tiny.build_tiny_files(Path(tempfile.mkdtemp(prefix="bench-native-instantcharacter-")))
     clip_tokenizer, t5_tokenizer = tiny.comfy_tokenizer_dirs()
@@ -151,7 +121,7 @@ def full_size(args) -> None:
 
     device = torch.device(args.device)
     comfy = import_comfyui(on_cpu=device.type == "cpu")
-    native = import_native()
+    native = import_native("native_instantcharacter")
     import comfy.model_management as mm
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
@@ -237,18 +207,8 @@ def full_size(args) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--full-size", action="store_true", help="released sizes, random weights")
-    parser.add_argument("--scale", default="full", choices=("full", "tiny"), help="with --full-size: tiny checks the code")
-    parser.add_argument("--device", default="cuda", help="with --full-size")
-    parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="with --full-size")
-    parser.add_argument("--size", type=int, help="default 128 (CPU), 1024 (--full-size)")
-    parser.add_argument("--steps", type=int, help="default 8 (CPU), 28 (--full-size)")
-    parser.add_argument("--repeat", type=int, help="default 3 (CPU), 1 (--full-size)")
-    args = parser.parse_args()
-    for name, (on_cpu, full) in {"size": (128, 1024), "steps": (8, 28), "repeat": (3, 1)}.items():
-        if getattr(args, name) is None:
-            setattr(args, name, full if args.full_size else on_cpu)
+    args = parse_arguments(__doc__.split("\n\n")[0], "bf16",
+                           {"size": (128, 1024), "steps": (8, 28), "repeat": (3, 1)})
     full_size(args) if args.full_size else cpu(args)
     return 0
 
