@@ -70,14 +70,23 @@ class LocalBackend(GenerationBackend):
             if context.interrupted() or stop.is_set():
                 raise GenerationInterrupted(f"{self.name}: cancelled at step {step.step}/{step.total}")
 
+        counters: dict[str, int] = {}
+
+        def generate_counted():
+            # counted within the device's turn: while this run waits for it, another generation on the
+            # same pipeline may run, and its model calls are not this run's
+            before = dict(vars(self.pipeline.counters))
+            try:
+                return prepared.generate()
+            finally:
+                counters.update({key: value - before[key] for key, value in vars(self.pipeline.counters).items()})
+
         try:
             prepared = await self.prepare(request, context, on_step)
-            counters_before = dict(vars(self.pipeline.counters))
             images, device_timings = await run_on_device(device_queue_of(self.pipeline.placement), self.pipeline.device,
-                                                         self.name, context, prepared.generate, stop)
+                                                         self.name, context, generate_counted, stop)
         except torch.OutOfMemoryError:
             raise out_of_memory(self.name, self.memory_mode) from None
-        counters = {key: value - counters_before[key] for key, value in vars(self.pipeline.counters).items()}
         details = {"memory_mode": self.memory_mode, "dtype": str(self.pipeline.dtype).removeprefix("torch."),
                    "device": str(self.pipeline.device), **prepared.details, self.COUNTERS: counters, **prepared.notes}
         return GenerationResult(images=images, backend=self.name, seed=request.seed,
