@@ -150,12 +150,17 @@ def embedding_files() -> list[str]:
 
 
 def embedding_path(value) -> str:
-    """The path of a listed embedding file; FileNotFoundError naming the input and folder otherwise."""
+    """The path of an embedding file in the input folder (a name that cannot leave it, with an
+    embedding's extension, that is there); FileNotFoundError naming the input and folder otherwise."""
     import folder_paths
 
-    if isinstance(value, str) and not files.unsafe_name(value) and value in embedding_files():
-        return os.path.join(folder_paths.get_input_directory(), *value.split("/"))
+    from ..pipelines.local.instantid.face_input import EMBEDDING_EXTENSIONS
+
     where = folder_paths.get_input_directory()
+    if isinstance(value, str) and not files.unsafe_name(value) and value.lower().endswith(EMBEDDING_EXTENSIONS):
+        path = os.path.join(where, *value.split("/"))
+        if os.path.isfile(path):
+            return path
     if value is None or value == files.NONE_FOUND:
         raise FileNotFoundError(f"embedding: no .npy or .safetensors file in {where}; save the embedding there")
     raise FileNotFoundError(f"embedding: {value!r} is not a .npy or .safetensors file in {where}")
