@@ -52,7 +52,6 @@ def comfy_flux_from_file(comfy, path, heads: int, dtype, device):
 
 def cpu(args) -> None:
     import torch
-    from diffusers import FluxPipeline
 
     import instantcharacter_fidelity as cases
     import instantcharacter_models as tiny

@@ -6,6 +6,7 @@ ComfyUI tree stays untouched and tests never see each other's files.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -157,6 +158,35 @@ class ComfyUIServer:
         assert status == 200, body
         entry = self.run(last_prompt)
         assert entry["status"]["status_str"] == "success", entry["status"]
+
+    def cancel_at_progress(self, prompt: dict, node: str, at: int = 2, timeout: float = 400):
+        """Queue `prompt` watching the websocket; press Cancel (POST /interrupt) when `node` reports
+        progress `at`. → (how the prompt ended, the progress values seen, seconds from Cancel to the end)."""
+        import aiohttp
+
+        async def watch():
+            progress, client_id = [], f"cancel-watch-{node}"
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(f"{self.url}/ws?clientId={client_id}") as ws:
+                    status, body = await asyncio.to_thread(self.post_json, "/prompt",
+                                                           {"prompt": prompt, "client_id": client_id})
+                    assert status == 200, body
+                    cancelled_at = None
+                    async for message in ws:
+                        if message.type != aiohttp.WSMsgType.TEXT:
+                            continue
+                        data = json.loads(message.data)
+                        if data["type"] == "progress" and data["data"].get("node") == node:
+                            progress.append(data["data"]["value"])
+                            if data["data"]["value"] == at and cancelled_at is None:
+                                cancelled_at = time.monotonic()       # before the POST: its answer may wait
+                                await asyncio.to_thread(self.post_json, "/interrupt", {})
+                        if data["type"] in ("execution_interrupted", "execution_success", "execution_error") and \
+                                data["data"].get("prompt_id") == body["prompt_id"]:
+                            return data["type"], progress, time.monotonic() - (cancelled_at or time.monotonic())
+            return None, progress, None
+
+        return asyncio.run(asyncio.wait_for(watch(), timeout))
 
     def upload_image(self, data: bytes, name: str) -> str:
         """POST /upload/image (multipart), as the LoadImage widget does; returns the stored name."""

@@ -10,11 +10,8 @@ GGUF: with COMFYUI_GGUF_PACK naming a ComfyUI-GGUF checkout, the same transforme
 GGUF runs through its UnetLoaderGGUF; without it that test skips, saying so."""
 from __future__ import annotations
 
-import asyncio
 import io
-import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -143,34 +140,10 @@ def test_unload_models_then_the_same_prompt_gives_the_same_image(native_server, 
 
 
 def test_progress_per_step_and_cancel_within_a_step(native_server):
-    import aiohttp
-
     steps = 40
     prompt = native_graph(native_server, seed=11, steps=steps)
 
-    async def watch():
-        progress, client_id = [], "native-watch"
-        async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(f"{native_server.url}/ws?clientId={client_id}") as ws:
-                status, body = await asyncio.to_thread(native_server.post_json, "/prompt",
-                                                       {"prompt": prompt, "client_id": client_id})
-                assert status == 200, body
-                cancelled_at = None
-                async for message in ws:
-                    if message.type != aiohttp.WSMsgType.TEXT:
-                        continue
-                    data = json.loads(message.data)
-                    if data["type"] == "progress" and data["data"].get("node") == "8":
-                        progress.append(data["data"]["value"])
-                        if data["data"]["value"] == 2 and cancelled_at is None:
-                            cancelled_at = time.monotonic()       # before the POST: its answer may wait
-                            await asyncio.to_thread(native_server.post_json, "/interrupt", {})
-                    if data["type"] in ("execution_interrupted", "execution_success", "execution_error") and \
-                            data["data"].get("prompt_id") == body["prompt_id"]:
-                        return data["type"], progress, time.monotonic() - (cancelled_at or time.monotonic())
-        return None, progress, None
-
-    kind, progress, seconds = asyncio.run(asyncio.wait_for(watch(), 400))
+    kind, progress, seconds = native_server.cancel_at_progress(prompt, "8")
     print(f"\nprogress {progress}; ended {seconds:.2f} s after Cancel")
     assert kind == "execution_interrupted"
     assert progress[:2] == [1, 2] and max(progress) <= 4 and all(value <= steps for value in progress)
@@ -234,8 +207,6 @@ def test_the_all_in_one_checkpoint_gives_the_image_the_separate_files_give(nativ
 
 
 def test_a_non_flux_model_is_refused_by_name(native_server):
-    from comfyui_server import error_message
-
     prompt = native_graph(native_server, lora=False, loader={
         "class_type": "UNETLoader", "inputs": {"unet_name": native_server.names["sdxl_unet"], "weight_dtype": "default"}})
     entry = native_server.run(prompt, timeout=600)

@@ -10,10 +10,7 @@ the test ComfyUIs load: CheckpointLoaderSimple builds SDXL's CLIP-L and CLIP-G a
 configs (0.8 B parameters), so the checkpoint holds no text encoders and ComfyUI gives no CLIP."""
 from __future__ import annotations
 
-import asyncio
 import io
-import json
-import time
 
 import numpy as np
 import pytest
@@ -135,34 +132,10 @@ def test_unload_models_then_the_same_prompt_gives_the_same_image(native_server, 
 
 
 def test_progress_per_step_and_cancel_within_a_step(native_server):
-    import aiohttp
-
     steps = 40
     prompt = native_graph(native_server, seed=11, steps=steps)
 
-    async def watch():
-        progress, client_id = [], "native-instantid-watch"
-        async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(f"{native_server.url}/ws?clientId={client_id}") as ws:
-                status, body = await asyncio.to_thread(native_server.post_json, "/prompt",
-                                                       {"prompt": prompt, "client_id": client_id})
-                assert status == 200, body
-                cancelled_at = None
-                async for message in ws:
-                    if message.type != aiohttp.WSMsgType.TEXT:
-                        continue
-                    data = json.loads(message.data)
-                    if data["type"] == "progress" and data["data"].get("node") == SAMPLER:
-                        progress.append(data["data"]["value"])
-                        if data["data"]["value"] == 2 and cancelled_at is None:
-                            cancelled_at = time.monotonic()       # before the POST: its answer may wait
-                            await asyncio.to_thread(native_server.post_json, "/interrupt", {})
-                    if data["type"] in ("execution_interrupted", "execution_success", "execution_error") and \
-                            data["data"].get("prompt_id") == body["prompt_id"]:
-                        return data["type"], progress, time.monotonic() - (cancelled_at or time.monotonic())
-        return None, progress, None
-
-    kind, progress, seconds = asyncio.run(asyncio.wait_for(watch(), 400))
+    kind, progress, seconds = native_server.cancel_at_progress(prompt, SAMPLER)
     print(f"\nprogress {progress}; ended {seconds:.2f} s after Cancel")
     assert kind == "execution_interrupted"
     assert progress[:2] == [1, 2] and max(progress) <= 4 and all(value <= steps for value in progress)
